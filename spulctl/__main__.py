@@ -1,0 +1,5 @@
+"""``python -m spulctl``."""
+
+from spulctl.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Datasets: readers and writers, task formatting, splitters, the built-in demo dataset."""

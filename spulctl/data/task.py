@@ -1,0 +1,145 @@
+"""Task formatting: the paper's prompt template, label words and tokenisation.
+
+An encoded example is ``prompt tokens + label tokens``. The *answer position* is the index of the last prompt
+token: the model's next-token distribution there is the prediction. Multi-token label words are supported:
+positions ``answer_pos .. answer_pos + k - 1`` predict the ``k`` label tokens (teacher forcing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from spulctl.errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+DEFAULT_TEMPLATE = (
+    "### Text: {text}\n\n### Question: What is the sentiment of the given text?\n\n### Sentiment:"
+)
+DEFAULT_LABEL_WORDS = ("negative", "positive")
+DEFAULT_GENERIC_LABELS = ("neutral", "unknown")
+
+
+@dataclass
+class TaskSpec:
+    """Prompt template and label vocabulary.
+
+    Attributes:
+        template: must contain ``{text}``; the label word follows it, preceded by ``label_prefix``.
+        label_words: the classes, in label-map order (``negative``, ``positive``).
+        generic_labels: answers that mean "I don't know" (SPUL's forget targets).
+        label_prefix: what separates the template from the label word (a space, as in `` positive``).
+    """
+
+    template: str = DEFAULT_TEMPLATE
+    label_words: tuple[str, ...] = DEFAULT_LABEL_WORDS
+    generic_labels: tuple[str, ...] = DEFAULT_GENERIC_LABELS
+    label_prefix: str = " "
+
+    def __post_init__(self) -> None:
+        if "{text}" not in self.template:
+            raise DataError("template: must contain the placeholder {text}")
+        if len(set(self.label_words)) != len(self.label_words) or len(self.label_words) < 2:
+            raise DataError(f"label words: need at least two distinct words, got {list(self.label_words)}")
+        clash = set(self.label_words) & set(self.generic_labels)
+        if clash:
+            raise DataError(f"generic labels: {sorted(clash)} are also label words")
+
+    def prompt(self, text: str) -> str:
+        """Fill the template with ``text``."""
+        return self.template.replace("{text}", text)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form, stored in manifests and bundles."""
+        return {"template": self.template, "label_words": list(self.label_words),
+                "generic_labels": list(self.generic_labels), "label_prefix": self.label_prefix}
+
+
+@dataclass
+class Encoded:
+    """One tokenised example.
+
+    Attributes:
+        input_ids: prompt tokens followed by the target word's tokens.
+        answer_pos: index of the last prompt token (its logits predict the first target token).
+        target_ids: the target word's tokens (label word, or a generic label for SPUL forget rows).
+        label: index of the true label word in ``TaskSpec.label_words``.
+    """
+
+    input_ids: list[int]
+    answer_pos: int
+    target_ids: list[int]
+    label: int
+
+
+@dataclass
+class LabelVocab:
+    """Token ids of the label and generic words.
+
+    Attributes:
+        label_ids: per label word, its token ids.
+        generic_ids: per generic label, its token ids.
+        first_label_ids: first token of each label word (restricted prediction = argmax over these).
+    """
+
+    label_ids: list[list[int]]
+    generic_ids: list[list[int]]
+    first_label_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.first_label_ids = [ids[0] for ids in self.label_ids]
+
+
+def label_vocab(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> LabelVocab:
+    """Tokenise label and generic words.
+
+    Raises:
+        DataError: a word tokenises to nothing, or two label words share their first token (restricted
+            prediction would be ambiguous).
+    """
+
+    def ids(word: str) -> list[int]:
+        out = tokenizer(spec.label_prefix + word, add_special_tokens=False)["input_ids"]
+        if not out:
+            raise DataError(f"label word '{word}': tokenises to no tokens")
+        return list(out)
+
+    vocab = LabelVocab([ids(w) for w in spec.label_words], [ids(w) for w in spec.generic_labels])
+    firsts = vocab.first_label_ids
+    if len(set(firsts)) != len(firsts):
+        raise DataError(f"label words {list(spec.label_words)}: two share their first token; pick distinct words")
+    return vocab
+
+
+def encode(
+    records: list[dict],
+    spec: TaskSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    vocab: LabelVocab | None = None,
+    targets: list[list[int]] | None = None,
+    max_length: int = 512,
+) -> list[Encoded]:
+    """Tokenise records into prompt + target examples.
+
+    Args:
+        records: ``{"text", "label"}`` dicts (label = a label word).
+        targets: per record, target token ids overriding the true label's (e.g. a generic label).
+        max_length: prompts are truncated from the left of the *text* so the question stays intact.
+
+    Raises:
+        DataError: a record's label is not one of the label words.
+    """
+    vocab = vocab or label_vocab(spec, tokenizer)
+    index = {w: i for i, w in enumerate(spec.label_words)}
+    prompts = tokenizer([spec.prompt(r["text"]) for r in records], add_special_tokens=False)["input_ids"]
+    out = []
+    for i, (rec, ids) in enumerate(zip(records, prompts, strict=True)):
+        if rec.get("label") not in index:
+            raise DataError(f"record {i}: label '{rec.get('label')}' is not a label word {list(spec.label_words)}")
+        label = index[rec["label"]]
+        tgt = targets[i] if targets is not None else vocab.label_ids[label]
+        ids = list(ids)[-(max_length - len(tgt)):]
+        out.append(Encoded(ids + list(tgt), len(ids) - 1, list(tgt), label))
+    return out

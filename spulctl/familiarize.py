@@ -1,0 +1,206 @@
+"""Familiarize: fit the base model to the task (LoRA or QLoRA), merge, save a plain HF directory.
+
+The paper familiarizes the model with train_forget ∪ train_retain before unlearning, so there is something to
+forget. The loss is on the label-word tokens only (answer-only head: no [B, T, V] logits). QLoRA trains the
+adapter on an NF4 base and merges it into a full-precision copy of the base at the end.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spulctl.data.readers import ReadOptions, find_split_file, read_records
+from spulctl.data.task import TaskSpec
+from spulctl.errors import SpulError
+from spulctl.io import check_output_dir, sha256_file, staged_dir, write_json_atomic
+from spulctl.train import TrainConfig, fit
+
+MANIFEST = "spulctl-manifest.json"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (defaults from the SPUL release: r=16, alpha=64, dropout=0.1, all linear layers)."""
+
+    r: int = 16
+    alpha: int = 64
+    dropout: float = 0.1
+    target_modules: str = "all-linear"
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise SpulError(f"lora: invalid settings r={self.r} alpha={self.alpha} dropout={self.dropout}")
+
+    def peft_config(self) -> Any:
+        """The matching ``peft.LoraConfig``."""
+        from peft import LoraConfig
+
+        targets = self.target_modules if self.target_modules == "all-linear" else self.target_modules.split(",")
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
+                          task_type="CAUSAL_LM", bias="none")
+
+
+@dataclass
+class FamiliarizeConfig:
+    """Everything ``spulctl familiarize`` needs.
+
+    Attributes:
+        model: base model spec.
+        splits: directory with train_forget / train_retain (/ test_*) files.
+        out: output model directory.
+        lora: adapter settings.
+        train: optimisation settings.
+        load_in_4bit: QLoRA (NF4 base).
+        retain_limit: use a seeded random subset of this many train_retain records (None = all).
+        eval_limit: test records per split for the final accuracy (None = all, 0 = skip).
+        task: template and label words.
+        eval_batch_size: batch size of the final evaluation.
+    """
+
+    model: str
+    splits: Path
+    out: Path
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-4, epochs=1, batch_size=16,
+                                                                    max_grad_norm=1.0, weight_decay=0.0))
+    load_in_4bit: bool = False
+    retain_limit: int | None = None
+    eval_limit: int | None = 1000
+    task: TaskSpec = field(default_factory=TaskSpec)
+    eval_batch_size: int = 32
+
+
+class _LabelObjective:
+    """CE on the label-word tokens at the answer positions (what familiarization minimises)."""
+
+    def __init__(self, model, examples, pad_id: int) -> None:
+        self.model, self.examples, self.pad_id = model, examples, pad_id
+        self.device = next(model.parameters()).device
+
+    def named_parameters(self):
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def lengths(self) -> list[int]:
+        return [len(e.input_ids) for e in self.examples]
+
+    def loss(self, indices: list[int]):
+        from spulctl.step import answer_logits, collate, target_ce
+
+        batch = collate([self.examples[i] for i in indices], self.pad_id, indices).to(self.device)
+        loss = target_ce(answer_logits(self.model, batch), batch.targets)
+        return {"loss": loss}
+
+
+def load_split(splits: Path, name: str, note: Callable[[str], None] | None = None) -> list[dict]:
+    """Read one split file (``train_forget`` ...) from a splits directory."""
+    return read_records(find_split_file(splits, name), ReadOptions(), note)
+
+
+def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = False,
+                on_event: Callable[[dict], None] | None = None) -> dict:
+    """Fit LoRA/QLoRA on train_forget ∪ train_retain, merge, save, evaluate on the test splits.
+
+    Returns:
+        The manifest written next to the model (base fingerprint, data hashes, config, metrics).
+    """
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    from spulctl.data.task import encode, label_vocab
+    from spulctl.models import fingerprint, load_model
+
+    emit = on_event or (lambda _e: None)
+    note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
+    if not resume:
+        check_output_dir(cfg.out, overwrite)
+    ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"
+    forget, retain = load_split(cfg.splits, "train_forget", note), load_split(cfg.splits, "train_retain", note)
+    if cfg.retain_limit is not None and cfg.retain_limit < len(retain):
+        retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)
+    records = forget + retain
+    note(f"training on {len(forget)} forget + {len(retain)} retain records")
+    torch.manual_seed(cfg.train.seed)
+    model, tok = load_model(cfg.model, load_in_4bit=cfg.load_in_4bit, progress=note)
+    base_fp = fingerprint(model)
+    if cfg.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, cfg.lora.peft_config())
+    model.train()
+    vocab = label_vocab(cfg.task, tok)
+    examples = encode(records, cfg.task, tok, vocab)
+    data_hashes = {n: sha256_file(find_split_file(cfg.splits, n)) for n in ("train_forget", "train_retain")}
+    run_key = {"model": cfg.model, "data": data_hashes, "lora": asdict(cfg.lora), "4bit": cfg.load_in_4bit,
+               "retain_limit": cfg.retain_limit, "task": cfg.task.to_dict()}
+    result = fit(_LabelObjective(model, examples, tok.pad_token_id), cfg.train, ckpt, resume, emit, run_key)
+    model.eval()
+    if cfg.load_in_4bit:
+        merged = _merge_into_full_precision(cfg, get_peft_model_state_dict(model), note)
+    else:
+        merged = model.merge_and_unload()
+    metrics = evaluate_splits(merged, tok, cfg.task, cfg.splits, cfg.eval_limit, cfg.eval_batch_size, emit)
+    manifest = {
+        "kind": "familiarized-model", "base_model": cfg.model, "base_fingerprint": base_fp,
+        "fingerprint": fingerprint(merged), "data_sha256": data_hashes,
+        "records": {"train_forget": len(forget), "train_retain": len(retain)},
+        "lora": asdict(cfg.lora), "load_in_4bit": cfg.load_in_4bit, "train": asdict(cfg.train),
+        "task": cfg.task.to_dict(), "steps": result.steps, "train_seconds": round(result.seconds, 1),
+        "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history, "metrics": metrics,
+    }
+    with staged_dir(cfg.out, overwrite=True) as stage:
+        merged.save_pretrained(stage, safe_serialization=True)
+        tok.save_pretrained(stage)
+        write_json_atomic(stage / MANIFEST, _with_version(manifest))
+    import shutil
+
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return manifest
+
+
+def _with_version(manifest: dict) -> dict:
+    from spulctl import __version__
+
+    return {"spulctl_version": __version__, **manifest}
+
+
+def _merge_into_full_precision(cfg: FamiliarizeConfig, adapter: dict, note) -> Any:
+    """QLoRA: apply the trained adapter to an unquantised copy of the base and merge it there."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    from spulctl.models import load_model
+
+    note("merging the QLoRA adapter into a full-precision copy of the base model")
+    base, _ = load_model(cfg.model)
+    peft_model = get_peft_model(base, cfg.lora.peft_config())
+    set_peft_model_state_dict(peft_model, adapter)
+    return peft_model.merge_and_unload().eval()
+
+
+def evaluate_splits(model, tok, task: TaskSpec, splits: Path, limit: int | None, batch_size: int,
+                    emit: Callable[[dict], None], names: tuple[str, ...] = ("test_retain", "test_forget")) -> dict:
+    """Accuracy etc. of ``model`` on the named splits present in ``splits`` (first ``limit`` records each)."""
+    from spulctl.data.task import encode, label_vocab
+    from spulctl.evaluate.metrics import predict, summarize
+
+    if limit == 0:
+        return {}
+    vocab = label_vocab(task, tok)
+    out = {}
+    for name in names:
+        try:
+            records = load_split(splits, name)
+        except SpulError:
+            continue
+        records = records[:limit] if limit else records
+        examples = encode(records, task, tok, vocab)
+        emit({"kind": "eval-start", "split": name, "total": len(examples)})
+        pred = predict(model, examples, vocab, tok.pad_token_id, batch_size,
+                       on_batch=lambda n, s=name: emit({"kind": "eval-step", "split": s, "n": n}))
+        out[name] = summarize(pred)
+        emit({"kind": "eval-done", "split": name, "metrics": out[name]})
+    return out

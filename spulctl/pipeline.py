@@ -1,0 +1,46 @@
+"""One short function per command: glue between the CLI's plain values and the library."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Event = Callable[[dict[str, Any]], None]
+DEMO_SOURCE = "demo"
+
+
+def load_dataset_records(source: str, text_field: str | None = None, label_field: str | None = None,
+                         label_map: str | None = None, note: Callable[[str], None] | None = None) -> list[dict]:
+    """Read a dataset given on the command line; ``demo`` is the built-in demo dataset."""
+    from spulctl.data.readers import ReadOptions, parse_label_map, read_records
+
+    if source == DEMO_SOURCE and not Path(source).exists():
+        from spulctl.data.demo import demo_records
+
+        return demo_records()
+    opts = ReadOptions(text_field=text_field, label_field=label_field, label_map=parse_label_map(label_map))
+    return read_records(source, opts, note)
+
+
+def run_split(data: str, out: Path, *, overwrite: bool = False, on_event: Event | None = None,
+              text_field: str | None = None, label_field: str | None = None, label_map: str | None = None,
+              forget_file: Path | None = None, **settings: Any) -> dict[str, Any]:
+    """``spulctl split``: read, split, write; returns the ``split.json`` content."""
+    from spulctl.data.readers import ReadOptions, parse_label_map, read_records
+    from spulctl.data.split import SplitConfig, split_records, write_splits
+    from spulctl.io import check_output_dir, sha256_file
+
+    emit = on_event or (lambda _e: None)
+    note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
+    cfg = SplitConfig(forget_file=forget_file, **settings)
+    check_output_dir(out, overwrite)
+    records = load_dataset_records(data, text_field, label_field, label_map, note)
+    forget = None
+    if forget_file is not None:
+        opts = ReadOptions(text_field=text_field, label_field=label_field, label_map=parse_label_map(label_map))
+        forget = read_records(forget_file, opts, note)
+    result = split_records(records, cfg, emit, forget)
+    source_hash = sha256_file(data) if Path(data).is_file() else data
+    write_splits(result, out, {"source": data, "sha256": source_hash, "records": len(records)}, overwrite)
+    return result.info

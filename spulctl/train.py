@@ -1,0 +1,242 @@
+"""The one training loop: epochs, AdamW, warmup + cosine schedule, clipping, checkpoints, resume, progress.
+
+Every method (familiarize, SPUL, the baselines) supplies an :class:`Objective` — its trainable parameters and
+a loss over a list of example indices — and this loop does the rest. Checkpoints are safetensors (parameters,
+optimizer moments, RNG state) + JSON (counters, schedule, history), written atomically, so a killed run
+resumes from its last checkpoint and ends with the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from spulctl.errors import SpulError
+from spulctl.io import sha256_text, write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+CKPT_STATE = "checkpoint.json"
+
+
+class TrainingError(SpulError):
+    """Training cannot go on (non-finite loss, checkpoint from another run)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (paper defaults for SPUL; familiarize overrides some).
+
+    Attributes:
+        lr: peak learning rate.
+        epochs: passes over the data.
+        batch_size: examples per step.
+        warmup_ratio: share of steps with linear warmup.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping norm (0 = off).
+        schedule: ``cosine`` or ``linear`` decay after warmup, or ``constant``.
+        seed: seeds data order, initialisation and dropout.
+        checkpoint_every: steps between checkpoints (0 = only at epoch ends).
+        max_steps: stop early after this many steps (None = run all epochs).
+    """
+
+    lr: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 16
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.001
+    max_grad_norm: float = 0.3
+    schedule: str = "cosine"
+    seed: int = 0
+    checkpoint_every: int = 200
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {"lr": self.lr > 0, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
+                  "warmup_ratio": 0 <= self.warmup_ratio < 1, "max_grad_norm": self.max_grad_norm >= 0,
+                  "schedule": self.schedule in ("cosine", "linear", "constant"),
+                  "checkpoint_every": self.checkpoint_every >= 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise SpulError(f"training config: invalid {bad[0]}={getattr(self, bad[0])!r}")
+
+
+class Objective(Protocol):
+    """What a method gives the loop."""
+
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Trainable parameters, with stable names (checkpoint keys)."""
+
+    def loss(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Loss over the examples ``indices``: a dict with ``"loss"`` (scalar to minimise) and named parts."""
+
+    def lengths(self) -> list[int]:
+        """Token length per example (for length-bucketed batches)."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports.
+
+    Attributes:
+        steps: optimiser steps taken in total (across resumes).
+        seconds: wall time of this process's share of training.
+        samples_per_s: throughput of this process's share.
+        history: per-epoch mean of each loss part.
+        resumed_from: global step restored from a checkpoint (0 if fresh).
+    """
+
+    steps: int
+    seconds: float
+    samples_per_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+Event = Callable[[dict[str, Any]], None]
+
+
+def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    warm = max(1, int(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        frac = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else max(0.0, 1 - frac)
+
+    return f
+
+
+def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = None, resume: bool = False,
+        on_event: Event | None = None, run_key: dict | None = None) -> TrainResult:
+    """Train ``objective`` with AdamW.
+
+    Args:
+        objective: parameters + loss.
+        cfg: optimisation settings.
+        ckpt_dir: where checkpoints go (None = no checkpoints).
+        resume: continue from the checkpoint in ``ckpt_dir`` if there is one.
+        on_event: progress callback; receives ``{"kind": "start"|"step"|"epoch"|"checkpoint", ...}``.
+        run_key: what identifies the run (config, data hashes); a checkpoint of another run is refused.
+
+    Raises:
+        TrainingError: non-finite loss, or a checkpoint that belongs to a different run.
+    """
+    import torch
+
+    from spulctl.step import bucketed_batches
+
+    emit = on_event or (lambda _e: None)
+    names, params = zip(*objective.named_parameters(), strict=True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lengths = objective.lengths()
+    n_batches = math.ceil(len(lengths) / cfg.batch_size)
+    total = n_batches * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, n_batches * cfg.epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
+    key = sha256_text(json.dumps({"cfg": asdict(cfg), "run": run_key or {}}, sort_keys=True, default=str))
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "sums": {}, "key": key}
+    torch.manual_seed(cfg.seed)
+    if ckpt_dir is not None and resume and (Path(ckpt_dir) / CKPT_STATE).is_file():
+        state = _load_checkpoint(Path(ckpt_dir), dict(zip(names, params, strict=True)), opt, sched, key)
+    resumed_from = state["global_step"]
+    emit({"kind": "start", "total": total, "resumed_from": resumed_from, "examples": len(lengths)})
+    t0, seen = time.perf_counter(), 0
+    while state["epoch"] < cfg.epochs and state["global_step"] < total:
+        batches = bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + state["epoch"])
+        for b in range(state["step_in_epoch"], len(batches)):
+            # forward + backward on one batch
+            parts = objective.loss(batches[b])
+            loss = parts["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss.item()}) at step {state['global_step'] + 1}; "
+                                    "lower --lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            # clip, step, schedule
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            # bookkeeping
+            state["global_step"] += 1
+            state["step_in_epoch"] = b + 1
+            seen += len(batches[b])
+            for k, v in parts.items():
+                s = state["sums"].setdefault(k, [0.0, 0])
+                s[0], s[1] = s[0] + float(v.detach()) * len(batches[b]), s[1] + len(batches[b])
+            elapsed = time.perf_counter() - t0
+            emit({"kind": "step", "step": state["global_step"], "total": total, "epoch": state["epoch"] + 1,
+                  "parts": {k: float(v.detach()) for k, v in parts.items()}, "samples_per_s": seen / elapsed,
+                  "lr": sched.get_last_lr()[0]})
+            last = state["global_step"] >= total
+            if last:
+                break
+            if ckpt_dir is not None and cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                _save_checkpoint(Path(ckpt_dir), names, params, opt, sched, state)
+                emit({"kind": "checkpoint", "step": state["global_step"]})
+        # epoch end: record the mean of each loss part, move on, checkpoint
+        state["history"].append({k: s[0] / max(1, s[1]) for k, s in state["sums"].items()})
+        emit({"kind": "epoch", "epoch": state["epoch"] + 1, "means": state["history"][-1]})
+        state.update(epoch=state["epoch"] + 1, step_in_epoch=0, sums={})
+        if ckpt_dir is not None:
+            _save_checkpoint(Path(ckpt_dir), names, params, opt, sched, state)
+    elapsed = time.perf_counter() - t0
+    return TrainResult(state["global_step"], elapsed, seen / elapsed if elapsed > 0 else 0.0, state["history"],
+                       resumed_from)
+
+
+def _save_checkpoint(folder: Path, names, params, opt, sched, state: dict) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, p in zip(names, params, strict=True):
+        tensors[f"param/{name}"] = p.detach().cpu().contiguous()
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"optim/{name}/{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    tensors["rng/torch"] = torch.get_rng_state()
+    # Tensors go to a file named by step, then the JSON that names it replaces the old JSON: a kill at any
+    # point leaves a JSON that points at a complete tensor file.
+    name = f"checkpoint-{state['global_step']}.safetensors"
+    tmp = folder / f".{name}.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / name)
+    write_json_atomic(folder / CKPT_STATE, {**state, "tensors": name, "scheduler": sched.state_dict()})
+    for old in folder.glob("checkpoint-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def _load_checkpoint(folder: Path, named: dict, opt, sched, key: str) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / CKPT_STATE).read_text())
+    if state.get("key") != key:
+        raise TrainingError(f"{folder}: checkpoint belongs to a different run (other settings or data); "
+                            "remove it or pass --overwrite")
+    tensors = load_file(str(folder / state.pop("tensors")))
+    with torch.no_grad():
+        for name, p in named.items():
+            p.copy_(tensors[f"param/{name}"])
+            moments = {k.split("/")[-1]: v for k, v in tensors.items() if k.startswith(f"optim/{name}/")}
+            if moments:
+                opt.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in moments.items()}
+    torch.set_rng_state(tensors["rng/torch"])
+    sched_state = state.pop("scheduler")
+    sched_state.pop("lr_lambdas", None)
+    sched.load_state_dict({**sched.state_dict(), **sched_state})
+    for group, lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):
+        group["lr"] = lr
+    return state

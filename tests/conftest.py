@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny random Llama (2 layers, hidden 64) with a BPE tokenizer trained on the demo data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _corpus() -> list[str]:
+    from spulctl.data.demo import demo_records
+    from spulctl.data.task import TaskSpec
+
+    spec = TaskSpec()
+    lines = [spec.prompt(r["text"]) + " " + r["label"] for r in demo_records()]
+    return lines + [" neutral unknown positive negative"] * 50
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny LlamaForCausalLM + fast BPE tokenizer (vocab ~600), seeded."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_corpus(), trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>")
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+                      tie_word_embeddings=True, initializer_range=0.2)
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Entity splits of the demo dataset, written as the split command writes them."""
+    from spulctl.pipeline import run_split
+
+    out = tmp_path_factory.mktemp("splits") / "demo"
+    run_split("demo", out, by="entity", entities=["Jonah Pellegrino", "Priya Raman", "Lucia Ferrante"])
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Helper: write rows as jsonl."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

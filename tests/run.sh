@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install spulctl with the test extras into .venv and run the whole test suite (fast + slow).
+# Usage: bash tests/run.sh [pytest args]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/examples/bootstrap.sh" "split,dev"
+cd "$ROOT"
+ruff check spulctl kernels tests benchmarks
+python -m pytest -q "$@"
