@@ -84,7 +84,7 @@ def models_info(spec: Annotated[str, typer.Argument(help="Alias, directory, .ggu
 @app.command()
 @handle_errors
 def familiarize(
-    splits: Annotated[Path, typer.Argument(help="Splits directory (train_forget/train_retain[/test_*]).")],
+    splits: Annotated[Path, typer.Argument(help="Splits dir: train_forget, train_retain, optionally test_*.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output model directory.")],
     model: ModelOpt = "smollm2-135m",
     load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="QLoRA: NF4 base (bitsandbytes).")] = False,
@@ -160,6 +160,115 @@ def split(
         console.print("entities: " + ", ".join(f"{e} ({n})" for e, n in info["entities"].items()))
     if info.get("dropped_cross_duplicates"):
         console.print(f"dropped {info['dropped_cross_duplicates']} retain records whose text is also a forget text")
+
+
+bundle_app = typer.Typer(help="Inspect and verify prompt bundles.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+@app.command()
+@handle_errors
+def unlearn(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output bundle (spul) or model directory (baselines).")],
+    model: ModelOpt = "smollm2-135m",
+    forget: Annotated[Path | None, typer.Option(help="Records to forget.")] = None,
+    retain: Annotated[Path | None, typer.Option(help="Labelled records to keep answering as before.")] = None,
+    splits: Annotated[Path | None, typer.Option(help="Splits dir: train_forget/train_retain (+test_* report).")] = None,
+    retain_from: Annotated[Path | None, typer.Option(help="Unlabelled retain texts; the model labels them.")] = None,
+    self_generate: Annotated[int, typer.Option(help="Without retain data: texts the model writes itself.")] = 256,
+    method: Annotated[str, typer.Option(help="spul | ga | rl | ga_kl | ga_gd")] = "spul",
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", help="Soft prompt length p.")] = 30,
+    prompt_encoder: Annotated[str, typer.Option(help="none (prompt tuning) | mlp (P-tuning).")] = "mlp",
+    prompt_init: Annotated[str, typer.Option(help="random | vocab | text")] = "vocab",
+    alpha: Annotated[float, typer.Option(help="Weight of the retain CE, α.")] = 1.0,
+    beta: Annotated[float, typer.Option(help="Weight of the retain KL, β.")] = 1.0,
+    kl_direction: Annotated[str, typer.Option(help="forward = KL(r‖q) | reverse = KL(q‖r).")] = "forward",
+    generic_labels: Annotated[str, typer.Option(help="Forget targets, comma-separated.")] = "neutral,unknown",
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 10,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = 0.3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.001,
+    warmup_ratio: Annotated[float, typer.Option(help="Share of steps with linear warmup.")] = 0.06,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    retain_limit: Annotated[int | None, typer.Option(help="Random subset of the retain set of this size.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Baselines: full fine-tuning instead of LoRA.")] = False,
+    no_answer_only: Annotated[bool, typer.Option("--no-answer-only", help="Build full logits (slow).")] = False,
+    no_shared_prefix: Annotated[bool, typer.Option("--no-shared-prefix", help="Concatenate the prompt.")] = False,
+    no_cached_reference: Annotated[bool, typer.Option("--no-cached-reference",
+                                                      help="Second forward for r each step.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (also each epoch).")] = 100,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Test records per split in the report (0: none).")] = 1000,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Unlearn the forget set: SPUL soft prompt (default) or a fine-tuning baseline."""
+    from spulctl.familiarize import LoraSettings
+    from spulctl.progress import RichEvents
+    from spulctl.train import TrainConfig
+    from spulctl.unlearn import UnlearnConfig
+    from spulctl.unlearn import unlearn as run
+
+    _check_positive(epochs=epochs, batch_size=batch_size, retain_limit=retain_limit, max_steps=max_steps)
+    cfg = UnlearnConfig(
+        model=model, out=out, method=method, forget=forget, retain=retain, splits=splits, retain_from=retain_from,
+        self_generate=self_generate, prompt_tokens=prompt_tokens, prompt_encoder=prompt_encoder,
+        prompt_init=prompt_init, alpha=alpha, beta=beta, kl_direction=kl_direction,
+        generic_labels=tuple(g.strip() for g in generic_labels.split(",") if g.strip()),
+        train=TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, max_grad_norm=max_grad_norm,
+                          weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed,
+                          checkpoint_every=checkpoint_every, max_steps=max_steps),
+        lora=LoraSettings(), full=full, answer_only=not no_answer_only, shared_prefix=not no_shared_prefix,
+        cached_reference=not no_cached_reference, eval_limit=eval_limit, retain_limit=retain_limit,
+    )
+    with RichEvents(console) as events:
+        meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
+    _print_before_after(meta["metrics"], f"{method}: saved to {out}")
+
+
+@bundle_app.command("info")
+@handle_errors
+def bundle_info(path: Annotated[Path, typer.Argument(help="Bundle directory.")]) -> None:
+    """Show a bundle's method, base model, prompt shape and metrics (verifies hashes first)."""
+    from spulctl.bundle import verify_bundle
+
+    meta = verify_bundle(path)
+    console.print_json(json.dumps(meta))
+
+
+@bundle_app.command("verify")
+@handle_errors
+def bundle_verify(
+    path: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Also check it fits this model.")] = None,
+    ignore_fingerprint: Annotated[bool, typer.Option("--ignore-fingerprint")] = False,
+) -> None:
+    """Check files, hashes and shapes; with --model also the base-model fingerprint. Exit 2 on any mismatch."""
+    from spulctl.bundle import check_fingerprint, load_bundle
+
+    bundle = load_bundle(path)
+    if model is not None:
+        from spulctl.models import load_model
+
+        m, _ = load_model(model)
+        check_fingerprint(bundle, m, ignore_fingerprint)
+    console.print(f"[green]ok[/green] {path}: p={bundle.prompt.shape[0]} d={bundle.prompt.shape[1]} "
+                  f"method={bundle.meta.get('method')} base={bundle.fingerprint[:19]}…")
+
+
+def _print_before_after(metrics: dict[str, dict], title: str) -> None:
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    if not after:
+        console.print(title)
+        return
+    table = Table("split", "n", "acc before %", "acc after %", "Δ", "restricted after %", "generic after %",
+                  title=title)
+    for split, m in after.items():
+        b = before.get(split, {}).get("accuracy", float("nan"))
+        table.add_row(split, str(m["n"]), f"{b:.1f}", f"{m['accuracy']:.1f}", f"{m['accuracy'] - b:+.1f}",
+                      f"{m['restricted_accuracy']:.1f}", f"{m['generic_share']:.1f}")
+    console.print(table)
 
 
 def _check_positive(**values: int | None) -> None:

@@ -182,8 +182,14 @@ def _merge_into_full_precision(cfg: FamiliarizeConfig, adapter: dict, note) -> A
 
 
 def evaluate_splits(model, tok, task: TaskSpec, splits: Path, limit: int | None, batch_size: int,
-                    emit: Callable[[dict], None], names: tuple[str, ...] = ("test_retain", "test_forget")) -> dict:
-    """Accuracy etc. of ``model`` on the named splits present in ``splits`` (first ``limit`` records each)."""
+                    emit: Callable[[dict], None], names: tuple[str, ...] = ("test_retain", "test_forget"),
+                    logits_fn: Callable | None = None, tag: str = "") -> dict:
+    """Accuracy etc. on the named splits present in ``splits`` (first ``limit`` records each).
+
+    Args:
+        logits_fn: ``(model, batch) -> (b, k, V)`` scorer (e.g. with a soft prompt); default: the plain model.
+        tag: prefix of the progress-bar names (``before``/``after``).
+    """
     from spulctl.data.task import encode, label_vocab
     from spulctl.evaluate.metrics import predict, summarize
 
@@ -196,11 +202,11 @@ def evaluate_splits(model, tok, task: TaskSpec, splits: Path, limit: int | None,
             records = load_split(splits, name)
         except SpulError:
             continue
-        records = records[:limit] if limit else records
-        examples = encode(records, task, tok, vocab)
-        emit({"kind": "eval-start", "split": name, "total": len(examples)})
-        pred = predict(model, examples, vocab, tok.pad_token_id, batch_size,
-                       on_batch=lambda n, s=name: emit({"kind": "eval-step", "split": s, "n": n}))
+        examples = encode(records[:limit] if limit else records, task, tok, vocab)
+        shown = f"{tag} {name}".strip()
+        emit({"kind": "eval-start", "split": shown, "total": len(examples)})
+        pred = predict(model, examples, vocab, tok.pad_token_id, batch_size, logits_fn=logits_fn,
+                       on_batch=lambda n, s=shown: emit({"kind": "eval-step", "split": s, "n": n}))
         out[name] = summarize(pred)
-        emit({"kind": "eval-done", "split": name, "metrics": out[name]})
+        emit({"kind": "eval-done", "split": shown, "metrics": out[name]})
     return out

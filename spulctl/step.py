@@ -8,7 +8,7 @@ them alone: ``[B, K, d] @ [d, V]`` instead of the ``[B, T, V]`` logits a plain `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -129,3 +129,94 @@ def target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     per_tok = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")  # (b, k)
     n_tok = (targets != -100).sum(1).clamp(min=1)
     return (per_tok.sum(1) / n_tok).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompted forward (SPUL). The soft prompt sits at positions 0..p-1 and attends only to itself, so its per-layer
+# keys/values are the same for every example: compute them once per step and share them across the batch.
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class StepOptions:
+    """Switches of the fast step; each can be turned off (benchmarks, equivalence tests).
+
+    Attributes:
+        answer_only: apply the output head to answer rows only (never build (b, t, V) logits).
+        shared_prefix: run the p prompt positions once per step and feed their keys/values to the whole batch.
+        cached_reference: take the unprompted reference from cached hidden rows instead of a second forward.
+    """
+
+    answer_only: bool = True
+    shared_prefix: bool = True
+    cached_reference: bool = True
+
+
+def prompt_prefix_cache(model: nn.Module, prompt: torch.Tensor, batch_size: int) -> Any:
+    """Per-layer keys/values of the soft prompt, computed once and expanded (as views) to the batch.
+
+    Args:
+        prompt: (p, d) soft prompt in the model's compute dtype; gradients flow back through the cache.
+        batch_size: b, the number of examples that will attend to the prefix.
+
+    Returns:
+        A ``transformers`` ``DynamicCache`` whose layers hold (b, kv_heads, p, head_dim) keys and values.
+    """
+    from transformers import DynamicCache
+
+    body, _ = body_and_head(model)
+    out = body(inputs_embeds=prompt.unsqueeze(0), use_cache=True)  # keys/values (1, h, p, hd) per layer
+    shared = [(layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1))
+              for layer in out.past_key_values.layers]
+    return DynamicCache(ddp_cache_data=shared, config=body.config)
+
+
+def prompted_hidden(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
+                    opts: StepOptions | None = None) -> torch.Tensor:
+    """Final hidden states at the answer positions with the soft prompt prepended.
+
+    Args:
+        prompt: (p, d) soft prompt, or None for the unprompted model.
+        opts: ``shared_prefix`` picks the KV-prefix path; otherwise the prompt is concatenated to the embeddings.
+
+    Returns:
+        (b, k, d) hidden rows at ``batch.positions`` (offset by p internally).
+    """
+    import torch
+
+    if prompt is None:
+        return answer_hidden(model, batch)
+    opts = opts or StepOptions()
+    body, _ = body_and_head(model)
+    b, p = batch.input_ids.shape[0], prompt.shape[0]
+    embeds = body.get_input_embeddings()(batch.input_ids)  # (b, t, d)
+    mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)  # (b, p + t)
+    if opts.shared_prefix:
+        cache = prompt_prefix_cache(model, prompt.to(embeds.dtype), b)
+        out = body(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True)
+        hidden, offset = out.last_hidden_state, 0  # (b, t, d): positions p.. p+t-1 in the model's frame
+    else:
+        full = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1), embeds], dim=1)  # (b, p+t, d)
+        hidden, offset = body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
+    idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (b, k, d)
+    return hidden.gather(1, idx)
+
+
+def prompted_logits(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
+                    opts: StepOptions | None = None) -> torch.Tensor:
+    """(b, k, V) fp32 logits at the answer positions, prompted; ``answer_only=False`` builds full logits first."""
+    import torch
+
+    opts = opts or StepOptions()
+    _, head = body_and_head(model)
+    if opts.answer_only:
+        return head(prompted_hidden(model, batch, prompt, opts)).float()
+    # Naive path (the released pipeline): full-sequence logits, then pick the answer rows.
+    body, _ = body_and_head(model)
+    b = batch.input_ids.shape[0]
+    embeds = body.get_input_embeddings()(batch.input_ids)
+    p = 0 if prompt is None else prompt.shape[0]
+    if prompt is not None:
+        embeds = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1), embeds], dim=1)
+    mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)
+    logits = head(body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state)  # (b,p+t,V)
+    idx = (batch.positions + p).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    return logits.gather(1, idx).float()

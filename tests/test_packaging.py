@@ -41,3 +41,11 @@ def test_models_list_names_builtin_aliases():
     assert result.exit_code == 0, result.output
     for alias in ("smollm2-135m", "llama-2-7b", "opt-1.3b"):
         assert alias in result.output
+
+
+def test_every_command_has_working_help():
+    runner = CliRunner()
+    for args in (["split"], ["familiarize"], ["models", "list"], ["models", "pull"], ["models", "info"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage" in result.output

@@ -131,6 +131,8 @@ def encode(
     Raises:
         DataError: a record's label is not one of the label words.
     """
+    if not records:
+        return []
     vocab = vocab or label_vocab(spec, tokenizer)
     index = {w: i for i, w in enumerate(spec.label_words)}
     prompts = tokenizer([spec.prompt(r["text"]) for r in records], add_special_tokens=False)["input_ids"]

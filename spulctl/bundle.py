@@ -1,0 +1,194 @@
+"""Prompt bundles: ``prompt.safetensors`` (the p×d prompt, fp32) + ``bundle.json`` (everything to trust it).
+
+A bundle records the base model's fingerprint; loading it onto a different model is an error unless the caller
+says ``ignore_fingerprint``. Loading reads safetensors and JSON only, never code or pickles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spulctl.errors import SpulError
+from spulctl.io import sha256_file, write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+FORMAT_VERSION = 1
+PROMPT_FILE = "prompt.safetensors"
+META_FILE = "bundle.json"
+
+
+class BundleError(SpulError):
+    """A bundle is missing, corrupted, or meant for another model."""
+
+
+@dataclass
+class Bundle:
+    """A loaded prompt bundle.
+
+    Attributes:
+        prompt: (p, d) fp32 soft prompt.
+        meta: the ``bundle.json`` content.
+        path: where it was loaded from.
+    """
+
+    prompt: torch.Tensor
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["base_model"]["fingerprint"]
+
+    def task(self) -> Any:
+        """The :class:`~spulctl.data.task.TaskSpec` the prompt was trained with."""
+        from spulctl.data.task import TaskSpec
+
+        t = self.meta["task"]
+        return TaskSpec(template=t["template"], label_words=tuple(t["label_words"]),
+                        generic_labels=tuple(t["generic_labels"]), label_prefix=t.get("label_prefix", " "))
+
+
+def save_bundle(folder: Path, prompt: torch.Tensor, meta: dict[str, Any]) -> None:
+    """Write a bundle into ``folder`` (the caller stages the directory; files are written atomically)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{PROMPT_FILE}.tmp"
+    save_file({"prompt": prompt.detach().float().cpu().contiguous()}, str(tmp), metadata={"format": "spulctl"})
+    tmp.replace(folder / PROMPT_FILE)
+    from spulctl import __version__
+
+    full = {"format_version": FORMAT_VERSION, "spulctl_version": __version__, **meta,
+            "prompt": {"tokens": int(prompt.shape[0]), "dim": int(prompt.shape[1]),
+                       "sha256": sha256_file(folder / PROMPT_FILE)}}
+    write_json_atomic(folder / META_FILE, full)
+
+
+def verify_bundle(folder: str | Path) -> dict[str, Any]:
+    """Check a bundle's files and hashes without loading a model.
+
+    Returns:
+        The bundle metadata.
+
+    Raises:
+        BundleError: missing file, bad JSON, unknown format, hash or shape mismatch.
+    """
+    folder = Path(folder)
+    meta_path, prompt_path = folder / META_FILE, folder / PROMPT_FILE
+    for path in (meta_path, prompt_path):
+        if not path.is_file():
+            raise BundleError(f"{path}: missing (not a prompt bundle directory)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{meta_path}: invalid JSON ({exc.msg})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{meta_path}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+    for key in ("prompt", "base_model", "task"):
+        if key not in meta:
+            raise BundleError(f"{meta_path}: field '{key}' missing")
+    digest = sha256_file(prompt_path)
+    if digest != meta["prompt"].get("sha256"):
+        raise BundleError(f"{prompt_path}: sha256 {digest[:12]}… does not match bundle.json "
+                          f"({str(meta['prompt'].get('sha256'))[:12]}…): the file is corrupted or was replaced")
+    return meta
+
+
+def load_bundle(folder: str | Path) -> Bundle:
+    """Verify and load a bundle (safetensors + JSON only).
+
+    Raises:
+        BundleError: see :func:`verify_bundle`; also a prompt tensor of the wrong shape.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = verify_bundle(folder)
+    prompt = load_file(str(folder / PROMPT_FILE)).get("prompt")
+    want = (meta["prompt"]["tokens"], meta["prompt"]["dim"])
+    if prompt is None or tuple(prompt.shape) != want:
+        got = None if prompt is None else tuple(prompt.shape)
+        raise BundleError(f"{folder / PROMPT_FILE}: prompt tensor shape {got} does not match bundle.json {want}")
+    return Bundle(prompt.float(), meta, folder)
+
+
+def check_fingerprint(bundle: Bundle, model: nn.Module, ignore: bool = False) -> None:
+    """Refuse a bundle trained for another base model.
+
+    Raises:
+        BundleError: fingerprints differ and ``ignore`` is False.
+    """
+    from spulctl.models import fingerprint
+
+    if model.config.hidden_size != bundle.prompt.shape[1]:
+        raise BundleError(f"{bundle.path}: prompt dim {bundle.prompt.shape[1]} != model hidden size "
+                          f"{model.config.hidden_size} (bundle is for another model)")
+    if ignore:
+        return
+    have = fingerprint(model)
+    if have != bundle.fingerprint:
+        raise BundleError(f"{bundle.path}: trained for model {bundle.fingerprint[:19]}… "
+                          f"({bundle.meta['base_model'].get('spec')}), this model is {have[:19]}… "
+                          "(pass --ignore-fingerprint to use it anyway)")
+
+
+class PromptedClassifier:
+    """Classify texts with a base model + a prompt bundle.
+
+    Args:
+        model: the base model the bundle was trained for (checked by fingerprint).
+        bundle: a loaded :class:`Bundle` (or a path).
+        tokenizer: the model's tokenizer.
+        ignore_fingerprint: allow another model (at your own risk).
+
+    Example:
+        >>> clf = PromptedClassifier(model, load_bundle("bundle/"), tokenizer)
+        >>> clf.predict(["a fine film"])  # [{"label": "positive", "scores": {...}, ...}]
+    """
+
+    def __init__(self, model: nn.Module, bundle: Bundle | str | Path, tokenizer: Any,
+                 ignore_fingerprint: bool = False, batch_size: int = 32) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        check_fingerprint(self.bundle, model, ignore_fingerprint)
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        self.task = self.bundle.task()
+        from spulctl.data.task import label_vocab
+
+        self.vocab = label_vocab(self.task, tokenizer)
+        self.device = next(model.parameters()).device
+        self.prompt = self.bundle.prompt.to(self.device)
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Top-1 answer over the whole vocabulary and label-word scores per text.
+
+        Returns:
+            Per text: ``label`` (a label word, a generic label, or ``None`` for any other answer), ``answer``
+            (the decoded top-1 token), ``scores`` (log-probabilities of the label words' first tokens).
+        """
+        import torch
+
+        from spulctl.data.task import encode
+        from spulctl.step import bucketed_batches, collate, prompted_logits
+
+        words = self.task.label_words
+        records = [{"text": t, "label": words[0]} for t in texts]
+        examples = encode(records, self.task, self.tokenizer, self.vocab)
+        out: list[dict[str, Any]] = [{} for _ in texts]
+        first = self.vocab.first_label_ids
+        generic = {g[0]: w for g, w in zip(self.vocab.generic_ids, self.task.generic_labels, strict=True)}
+        with torch.inference_mode():
+            for idx in bucketed_batches([len(e.input_ids) for e in examples], self.batch_size, seed=None):
+                batch = collate([examples[i] for i in idx], self.tokenizer.pad_token_id, idx).to(self.device)
+                logp = prompted_logits(self.model, batch, self.prompt)[:, 0].log_softmax(-1)  # (b, V)
+                top = logp.argmax(-1).tolist()
+                for row, i in enumerate(idx):
+                    label = words[first.index(top[row])] if top[row] in first else generic.get(top[row])
+                    out[i] = {"text": texts[i], "label": label, "answer": self.tokenizer.decode([top[row]]),
+                              "scores": {w: float(logp[row, t]) for w, t in zip(words, first, strict=True)}}
+        return out

@@ -1,0 +1,111 @@
+"""The unlearning loss at the answer positions (torch reference; the fused Triton head mirrors it).
+
+For each row, ``q`` is the (prompted or fine-tuned) next-token distribution and ``r`` the frozen unprompted one:
+
+* ``L_f`` = CE(q, target) over forget rows (targets: a generic label for SPUL/RL, the true label for GA),
+* ``L_r`` = CE(q, y) over retain rows,
+* ``L_kl`` = KL between r and q at the answer position over retain rows,
+  ``forward`` = KL(r‖q) (the released code), ``reverse`` = KL(q‖r) (the paper's formula),
+
+``L = w_f·L_f + α·L_r + β·L_kl``, each term averaged over its own rows so a small forget share still weighs fully.
+``w_f = -1`` turns L_f into gradient ascent (GA baselines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from spulctl.errors import SpulError
+
+if TYPE_CHECKING:
+    import torch
+
+KL_DIRECTIONS = ("forward", "reverse")
+
+
+@dataclass
+class LossWeights:
+    """Weights of the three terms.
+
+    Attributes:
+        forget: weight of L_f (+1 descend to the forget targets, -1 gradient ascent).
+        retain: α, weight of L_r.
+        kl: β, weight of L_kl.
+        kl_direction: ``forward`` = KL(r‖q), ``reverse`` = KL(q‖r).
+    """
+
+    forget: float = 1.0
+    retain: float = 1.0
+    kl: float = 1.0
+    kl_direction: str = "forward"
+
+    def __post_init__(self) -> None:
+        if self.kl_direction not in KL_DIRECTIONS:
+            raise SpulError(f"--kl-direction {self.kl_direction}: expected forward or reverse")
+        if self.retain < 0 or self.kl < 0:
+            raise SpulError(f"--alpha/--beta must be >= 0 (got {self.retain}, {self.kl})")
+
+
+def row_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row CE averaged over each row's target tokens.
+
+    Args:
+        logits: (b, k, V) fp32.
+        targets: (b, k) token ids, -100 where padded.
+
+    Returns:
+        (b,) loss per row.
+    """
+    import torch.nn.functional as F
+
+    per_tok = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")  # (b, k)
+    return per_tok.sum(1) / (targets != -100).sum(1).clamp(min=1)
+
+
+def kl_rows(q_logits: torch.Tensor, r_logits: torch.Tensor, direction: str) -> torch.Tensor:
+    """Per-row KL at one position.
+
+    Args:
+        q_logits: (m, V) student logits.
+        r_logits: (m, V) reference logits.
+        direction: ``forward`` = KL(r‖q), ``reverse`` = KL(q‖r).
+
+    Returns:
+        (m,) KL per row.
+    """
+    import torch.nn.functional as F
+
+    log_q, log_r = F.log_softmax(q_logits.float(), -1), F.log_softmax(r_logits.float(), -1)
+    if direction == "forward":
+        return (log_r.exp() * (log_r - log_q)).sum(-1)
+    return (log_q.exp() * (log_q - log_r)).sum(-1)
+
+
+def unlearning_loss(q_logits: torch.Tensor, targets: torch.Tensor, is_forget: torch.Tensor,
+                    r_logits: torch.Tensor | None, w: LossWeights) -> dict[str, torch.Tensor]:
+    """Combine L_f, L_r and L_kl for one batch.
+
+    Args:
+        q_logits: (b, k, V) fp32 logits at the target positions.
+        targets: (b, k) target ids (-100 padded).
+        is_forget: (b,) bool, True for forget rows.
+        r_logits: (m, V) reference logits at the answer position of the m retain rows, in batch order
+            (None when β = 0).
+        w: term weights.
+
+    Returns:
+        ``loss`` and the parts ``l_f``, ``l_r``, ``l_kl`` (0 when a batch has no rows of that kind).
+    """
+    import torch
+
+    ce = row_ce(q_logits, targets)  # (b,)
+    zero = ce.new_zeros(())
+    n_f, n_r = int(is_forget.sum()), int((~is_forget).sum())
+    l_f = ce[is_forget].mean() if n_f else zero
+    l_r = ce[~is_forget].mean() if n_r else zero
+    l_kl = zero
+    if r_logits is not None and n_r and w.kl > 0:
+        l_kl = kl_rows(q_logits[~is_forget, 0], r_logits, w.kl_direction).mean()
+    loss = w.forget * l_f + w.retain * l_r + w.kl * l_kl
+    return {"loss": loss, "l_f": l_f.detach(), "l_r": l_r.detach(), "l_kl": torch.as_tensor(l_kl).detach()}

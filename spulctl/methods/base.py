@@ -1,0 +1,137 @@
+"""What every unlearning method shares: the run context, the answer-position objective, the cached reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spulctl.loss import LossWeights, unlearning_loss
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from spulctl.data.task import Encoded, LabelVocab, TaskSpec
+    from spulctl.step import Batch, StepOptions
+
+
+@dataclass
+class UnlearnContext:
+    """Everything a method needs to build its objective and save its artifact.
+
+    Attributes:
+        model: the frozen base model (all ``requires_grad=False``).
+        tokenizer: its tokenizer.
+        task: template and label words.
+        vocab: label/generic token ids.
+        forget: forget records; retain: retain records (labels = targets for L_r).
+        settings: the method's settings (an ``UnlearnConfig``).
+        ckpt_dir: checkpoint directory (also holds the cached reference).
+        emit: progress callback.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    task: TaskSpec
+    vocab: LabelVocab
+    forget: list[dict]
+    retain: list[dict]
+    settings: Any
+    ckpt_dir: Path
+    emit: Callable[[dict], None]
+    base_fingerprint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class AnswerObjective:
+    """L_f + α·L_r + β·L_kl over a mixed forget/retain dataset, for any way of producing logits.
+
+    Args:
+        examples: forget examples first, then retain examples.
+        n_forget: how many of ``examples`` are forget rows.
+        params: named trainable parameters.
+        logits_fn: ``batch -> (b, k, V)`` fp32 logits of the model being trained.
+        ref_hidden: (n_retain, d) cached unprompted final hidden rows at the retain answer positions, or None.
+        ref_logits_fn: ``batch -> (b, k, V)`` logits of the frozen reference, used when ``ref_hidden`` is None.
+        head: the output head (maps cached hidden rows to reference logits).
+        weights: term weights.
+        pad_id: tokenizer pad id.
+    """
+
+    def __init__(self, examples: list[Encoded], n_forget: int, params: list[tuple[str, torch.nn.Parameter]],
+                 logits_fn: Callable[[Batch], torch.Tensor], ref_hidden: torch.Tensor | None,
+                 ref_logits_fn: Callable[[Batch], torch.Tensor] | None, head: nn.Module, weights: LossWeights,
+                 pad_id: int, device: Any) -> None:
+        self.examples, self.n_forget, self.params = examples, n_forget, params
+        self.logits_fn, self.ref_hidden, self.ref_logits_fn = logits_fn, ref_hidden, ref_logits_fn
+        self.head, self.weights, self.pad_id, self.device = head, weights, pad_id, device
+
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return self.params
+
+    def lengths(self) -> list[int]:
+        return [len(e.input_ids) for e in self.examples]
+
+    def loss(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        import torch
+
+        from spulctl.step import collate
+
+        batch = collate([self.examples[i] for i in indices], self.pad_id, indices).to(self.device)
+        is_forget = batch.index < self.n_forget  # (b,)
+        q = self.logits_fn(batch)  # (b, k, V)
+        r = None
+        if self.weights.kl > 0 and bool((~is_forget).any()):
+            if self.ref_hidden is not None:
+                rows = batch.index[~is_forget] - self.n_forget  # (m,)
+                with torch.no_grad():
+                    r = self.head(self.ref_hidden[rows].to(self.device)).float()  # (m, V)
+            else:
+                with torch.no_grad():
+                    r = self.ref_logits_fn(batch)[~is_forget, 0]  # (m, V): a second, unprompted forward
+        return unlearning_loss(q, batch.targets, is_forget, r, self.weights)
+
+
+def reference_hidden(model: nn.Module, examples: list[Encoded], pad_id: int, cache_file: Path, key: str,
+                     batch_size: int, emit: Callable[[dict], None]) -> torch.Tensor:
+    """Unprompted final hidden state at each example's answer position, computed once and cached.
+
+    The file is safetensors with the run key in its metadata; a file for other data or another model is
+    recomputed, never trusted.
+
+    Returns:
+        (n, d) fp32 rows, in ``examples`` order.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from spulctl.step import answer_hidden, bucketed_batches, collate
+
+    if cache_file.is_file():
+        with safe_open(str(cache_file), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                return f.get_tensor("hidden")
+    device = next(model.parameters()).device
+    out = torch.empty(len(examples), model.config.hidden_size)
+    emit({"kind": "eval-start", "split": "reference", "total": len(examples)})
+    with torch.inference_mode():
+        for idx in bucketed_batches([len(e.input_ids) for e in examples], batch_size, seed=None):
+            batch = collate([examples[i] for i in idx], pad_id, idx).to(device)
+            out[idx] = answer_hidden(model, batch)[:, 0].float().cpu()  # (b, d) at the answer position
+            emit({"kind": "eval-step", "split": "reference", "n": len(idx)})
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(f".{cache_file.name}.tmp")
+    save_file({"hidden": out.contiguous()}, str(tmp), metadata={"key": key})
+    tmp.replace(cache_file)
+    return out
+
+
+def step_options(settings: Any) -> StepOptions:
+    """The fast-step switches from a settings object."""
+    from spulctl.step import StepOptions
+
+    return StepOptions(answer_only=settings.answer_only, shared_prefix=settings.shared_prefix,
+                       cached_reference=settings.cached_reference)

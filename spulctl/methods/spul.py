@@ -1,0 +1,70 @@
+"""SPUL: learn a soft prompt that makes the frozen model answer a generic label on the forget data only.
+
+The base model never changes; the artifact is a prompt bundle (``prompt.safetensors`` + ``bundle.json``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spulctl.methods import register
+from spulctl.methods.base import AnswerObjective, UnlearnContext, reference_hidden, step_options
+
+
+@register("spul")
+class Spul:
+    """Soft prompting for unlearning (the default method)."""
+
+    artifact = "bundle"
+    uses_retain = True
+
+    def __init__(self, ctx: UnlearnContext) -> None:
+        self.ctx = ctx
+        self.prompt = None
+
+    def objective(self, examples, n_forget: int, ref_key: str) -> AnswerObjective:
+        """Build the soft prompt and the loss over ``examples`` (forget rows first)."""
+        import torch
+
+        from spulctl.loss import LossWeights
+        from spulctl.prompt import init_vectors, soft_prompt
+        from spulctl.step import body_and_head, prompted_logits
+
+        s, ctx = self.ctx.settings, self.ctx
+        device = next(ctx.model.parameters()).device
+        torch.manual_seed(s.train.seed)
+        init = init_vectors(ctx.model, ctx.tokenizer, s.prompt_tokens, s.prompt_init, s.train.seed)
+        self.prompt = soft_prompt(init, s.prompt_encoder, s.encoder_hidden).to(device)
+        opts = step_options(s)
+        _, head = body_and_head(ctx.model)
+        ref = None
+        if opts.cached_reference and s.beta > 0:
+            ref = reference_hidden(ctx.model, examples[n_forget:], ctx.tokenizer.pad_token_id,
+                                   ctx.ckpt_dir / "reference.safetensors", ref_key, s.eval_batch_size, ctx.emit)
+        weights = LossWeights(forget=1.0, retain=s.alpha, kl=s.beta, kl_direction=s.kl_direction)
+        return AnswerObjective(
+            examples, n_forget, [(f"prompt.{n}", p) for n, p in self.prompt.named_parameters()],
+            logits_fn=lambda b: prompted_logits(ctx.model, b, self.prompt(), opts),
+            ref_hidden=ref, ref_logits_fn=lambda b: prompted_logits(ctx.model, b, None, opts),
+            head=head, weights=weights, pad_id=ctx.tokenizer.pad_token_id, device=device)
+
+    def forget_targets(self) -> list[list[int]]:
+        """SPUL pushes forget rows to a generic label, drawn uniformly per record (seeded)."""
+        import random
+
+        rng = random.Random(self.ctx.settings.train.seed)
+        return [rng.choice(self.ctx.vocab.generic_ids) for _ in self.ctx.forget]
+
+    def scorer(self):
+        """``(model, batch) -> logits`` for evaluation with the learned prompt."""
+        from spulctl.step import prompted_logits
+
+        phi = self.prompt.compiled().to(next(self.ctx.model.parameters()).device)
+        return lambda model, batch: prompted_logits(model, batch, phi)
+
+    def save(self, stage: Path, meta: dict[str, Any]) -> None:
+        """Write the prompt bundle into ``stage``."""
+        from spulctl.bundle import save_bundle
+
+        save_bundle(stage, self.prompt.compiled(), meta)

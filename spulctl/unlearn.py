@@ -1,0 +1,203 @@
+"""``spulctl unlearn``: read forget/retain data, run a registered method through the training loop, save.
+
+SPUL writes a prompt bundle; the fine-tuning baselines write a model directory. Both go through a staging
+directory, so an interrupted or failed run leaves no partial artifact; checkpoints live beside the output in
+``.<out>.ckpt/`` until the run succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spulctl.data.readers import ReadOptions, find_split_file, read_records
+from spulctl.data.task import DEFAULT_GENERIC_LABELS, TaskSpec
+from spulctl.errors import DataError, SpulError
+from spulctl.familiarize import LoraSettings, evaluate_splits
+from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir
+from spulctl.train import TrainConfig, fit
+
+Event = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class UnlearnConfig:
+    """Settings of ``spulctl unlearn`` (paper defaults).
+
+    Attributes:
+        model: the (familiarized) model spec to unlearn from.
+        out: output bundle (SPUL) or model directory (baselines).
+        method: registered method name.
+        forget, retain: data files; or ``splits`` (train_forget / train_retain, test_* used for the report).
+        retain_from: unlabelled texts used as retain inputs, labelled by the model itself.
+        self_generate: without any retain data, how many task inputs the model writes itself.
+        prompt_tokens: p. prompt_encoder: ``none`` | ``mlp``. prompt_init: ``random`` | ``vocab`` | ``text``.
+        alpha, beta: weights of L_r and L_kl. kl_direction: ``forward`` KL(r‖q) | ``reverse`` KL(q‖r).
+        generic_labels: SPUL's forget targets.
+        answer_only, shared_prefix, cached_reference: fast-step switches (all on by default).
+        full: baselines fine-tune all weights instead of LoRA.
+        eval_limit: records per test split in the before/after report (None = all, 0 = none).
+    """
+
+    model: str
+    out: Path
+    method: str = "spul"
+    forget: Path | None = None
+    retain: Path | None = None
+    splits: Path | None = None
+    retain_from: Path | None = None
+    self_generate: int = 256
+    prompt_tokens: int = 30
+    prompt_encoder: str = "mlp"
+    encoder_hidden: int = 128
+    prompt_init: str = "vocab"
+    alpha: float = 1.0
+    beta: float = 1.0
+    kl_direction: str = "forward"
+    generic_labels: tuple[str, ...] = DEFAULT_GENERIC_LABELS
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    full: bool = False
+    answer_only: bool = True
+    shared_prefix: bool = True
+    cached_reference: bool = True
+    eval_limit: int | None = 1000
+    eval_batch_size: int = 32
+    retain_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        from spulctl.loss import LossWeights
+        from spulctl.methods import get_method
+
+        get_method(self.method)
+        if self.prompt_tokens <= 0:
+            raise SpulError(f"--prompt-tokens {self.prompt_tokens}: must be >= 1")
+        LossWeights(retain=self.alpha, kl=self.beta, kl_direction=self.kl_direction)
+        if self.splits is None and self.forget is None:
+            raise SpulError("unlearn: give --forget FILE or --splits DIR")
+        if not self.generic_labels or not all(g.strip() for g in self.generic_labels):
+            raise SpulError(f"--generic-labels: need at least one non-empty word, got {list(self.generic_labels)}")
+
+
+def _read(path: Path, note: Callable[[str], None], require_label: bool = True) -> list[dict]:
+    return read_records(path, ReadOptions(require_label=require_label), note)
+
+
+def load_inputs(cfg: UnlearnConfig, note: Callable[[str], None]) -> tuple[list[dict], list[dict] | None, dict]:
+    """Read forget and (optionally) retain records; return them with their source hashes.
+
+    Raises:
+        DataError: empty forget set, or a text on both sides.
+    """
+    forget_path = cfg.forget or find_split_file(cfg.splits, "train_forget")
+    retain_path = cfg.retain
+    if retain_path is None and cfg.splits is not None and cfg.retain_from is None:
+        retain_path = find_split_file(cfg.splits, "train_retain")
+    forget = _read(forget_path, note)
+    retain = _read(retain_path, note) if retain_path else None
+    if retain is not None and cfg.retain_limit is not None and cfg.retain_limit < len(retain):
+        import random
+
+        retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)
+    hashes = {"forget": sha256_file(forget_path)}
+    if retain_path:
+        hashes["retain"] = sha256_file(retain_path)
+    if retain is not None:
+        overlap = {r["text"] for r in forget} & {r["text"] for r in retain}
+        if overlap:
+            example = next(iter(overlap))[:60]
+            raise DataError(f"{retain_path}: {len(overlap)} texts are also in the forget set {forget_path} "
+                            f"(e.g. '{example}'); a text cannot be both forgotten and retained")
+    return forget, retain, hashes
+
+
+def _retain_without_labels(cfg: UnlearnConfig, model, tok, task: TaskSpec, forget: list[dict], emit: Event):
+    from spulctl.data.selfgen import generate_texts, pseudo_label
+
+    note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
+    forget_texts = {r["text"] for r in forget}
+    if cfg.retain_from is not None:
+        texts = [r["text"] for r in _read(cfg.retain_from, note, require_label=False)]
+        texts = [t for t in texts if t not in forget_texts]
+        source = f"unlabelled texts from {cfg.retain_from}, labelled by the model"
+    else:
+        texts = generate_texts(model, tok, task, cfg.self_generate, cfg.train.seed, exclude=forget_texts, emit=emit)
+        source = f"{len(texts)} texts written by the model itself, labelled by the model"
+    if not texts:
+        raise DataError(f"{cfg.retain_from}: no retain texts left after removing forget texts")
+    note(f"retain set: {source}")
+    return pseudo_label(model, tok, task, texts, cfg.eval_batch_size, emit), source
+
+
+def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_event: Event | None = None) -> dict:
+    """Run ``cfg.method`` and save its artifact; returns the metadata written with it."""
+    import torch
+
+    from spulctl.data.task import encode, label_vocab
+    from spulctl.methods import get_method
+    from spulctl.methods.base import UnlearnContext
+    from spulctl.models import fingerprint, load_model
+
+    emit = on_event or (lambda _e: None)
+    note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
+    if not resume:
+        check_output_dir(cfg.out, overwrite)
+    ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"
+    forget, retain, hashes = load_inputs(cfg, note)
+    method_cls = get_method(cfg.method)
+    task = TaskSpec(generic_labels=tuple(cfg.generic_labels))
+    model, tok = load_model(cfg.model, progress=note)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    base_fp = fingerprint(model)
+    vocab = label_vocab(task, tok)
+    retain_source = "labelled retain file"
+    if retain is None and method_cls.uses_retain:
+        retain, retain_source = _retain_without_labels(cfg, model, tok, task, forget, emit)
+    retain = retain if method_cls.uses_retain else []
+    before = _report(model, tok, task, cfg, emit, "before", None)
+    ctx = UnlearnContext(model, tok, task, vocab, forget, retain, cfg, ckpt, emit, base_fp)
+    method = method_cls(ctx)
+    examples = encode(forget, task, tok, vocab, targets=method.forget_targets()) + encode(retain, task, tok, vocab)
+    ref_key = sha256_text(json.dumps([base_fp, hashes, len(retain), task.to_dict(), cfg.retain_limit,
+                                      cfg.train.seed], sort_keys=True))
+    objective = method.objective(examples, len(forget), ref_key)
+    run_key = {"model": base_fp, "data": hashes, "method": cfg.method, "settings": _settings(cfg)}
+    note(f"{cfg.method}: {len(forget)} forget + {len(retain)} retain records, "
+         f"{sum(p.numel() for _, p in objective.named_parameters()):,} trainable parameters")
+    with torch.enable_grad():
+        result = fit(objective, cfg.train, ckpt, resume, emit, run_key)
+    after = _report(model, tok, task, cfg, emit, "after", method.scorer())
+    meta = {
+        "method": cfg.method, "settings": _settings(cfg), "task": task.to_dict(),
+        "base_model": {"spec": cfg.model, "fingerprint": base_fp},
+        "data": {"sha256": hashes, "forget_records": len(forget), "retain_records": len(retain),
+                 "retain_source": retain_source},
+        "training": {"steps": result.steps, "seconds": round(result.seconds, 1),
+                     "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history},
+        "metrics": {"before": before, "after": after},
+    }
+    with staged_dir(cfg.out, overwrite=True) as stage:
+        method.save(stage, meta)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return meta
+
+
+def _settings(cfg: UnlearnConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    for k in ("model", "out", "forget", "retain", "splits", "retain_from"):
+        d.pop(k)
+    return json.loads(json.dumps(d, default=str))
+
+
+def _report(model, tok, task: TaskSpec, cfg: UnlearnConfig, emit: Event, tag: str, scorer) -> dict:
+    """Accuracy on the test splits (when ``--splits`` has them), with or without the learned artifact."""
+    if cfg.splits is None or cfg.eval_limit == 0:
+        return {}
+    return evaluate_splits(model, tok, task, cfg.splits, cfg.eval_limit, cfg.eval_batch_size, emit,
+                           logits_fn=scorer, tag=tag)

@@ -1,0 +1,244 @@
+"""``spulctl unlearn``: fast-step equivalence, SPUL loss, bundles, baselines, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from spulctl.cli import app
+from spulctl.data.task import TaskSpec, encode, label_vocab
+from spulctl.loss import LossWeights, kl_rows, unlearning_loss
+from spulctl.step import StepOptions, collate, prompted_logits
+from spulctl.train import TrainConfig
+from spulctl.unlearn import UnlearnConfig, unlearn
+from tests.conftest import write_jsonl
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def frozen(tiny_model_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _batch(tok, n: int = 6):
+    from spulctl.data.demo import demo_records
+
+    spec = TaskSpec()
+    records = demo_records(n)
+    vocab = label_vocab(spec, tok)
+    targets = [vocab.generic_ids[i % 2] if i < n // 2 else vocab.label_ids[spec.label_words.index(r["label"])]
+               for i, r in enumerate(records)]
+    return collate(encode(records, spec, tok, vocab, targets=targets), tok.pad_token_id)
+
+
+def naive_loss(model, batch, phi, is_forget, w: LossWeights):
+    """The reference: concatenate the prompt, full logits, second unprompted forward for r."""
+    full = StepOptions(answer_only=False, shared_prefix=False, cached_reference=False)
+    q = prompted_logits(model, batch, phi, full)
+    with torch.no_grad():
+        r = prompted_logits(model, batch, None, full)[~is_forget, 0]
+    return unlearning_loss(q, batch.targets, is_forget, r, w)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize(("answer_only", "shared_prefix"), [(True, True), (True, False), (False, True)])
+def test_fast_step_switches_change_nothing(frozen, direction, answer_only, shared_prefix):
+    model, tok = frozen
+    batch = _batch(tok)
+    is_forget = torch.arange(len(batch)) < len(batch) // 2
+    w = LossWeights(forget=1.0, retain=0.7, kl=0.3, kl_direction=direction)
+    torch.manual_seed(0)
+    phi = (torch.randn(5, 64) * 0.5).requires_grad_(True)
+    ref = naive_loss(model, batch, phi, is_forget, w)
+    ref["loss"].backward()
+    g_ref, phi.grad = phi.grad.clone(), None
+    # fast: answer-only / shared prefix, and r from cached hidden rows through the head
+    from spulctl.step import answer_hidden, body_and_head
+
+    with torch.no_grad():
+        cached = answer_hidden(model, batch)[~is_forget, 0]  # (m, d), what the cache file stores
+    opts = StepOptions(answer_only=answer_only, shared_prefix=shared_prefix)
+    q = prompted_logits(model, batch, phi, opts)
+    r = body_and_head(model)[1](cached).float()
+    fast = unlearning_loss(q, batch.targets, is_forget, r, w)
+    fast["loss"].backward()
+    for k in ("loss", "l_f", "l_r", "l_kl"):
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-5, atol=1e-6)
+    rel = (phi.grad - g_ref).abs().max() / g_ref.abs().max()
+    assert rel <= 1e-5, float(rel)
+
+
+def test_kl_directions_are_the_textbook_formulas():
+    q, r = torch.randn(3, 11), torch.randn(3, 11)
+    lq, lr = q.log_softmax(-1), r.log_softmax(-1)
+    fwd = torch.nn.functional.kl_div(lq, lr, log_target=True, reduction="none").sum(-1)  # KL(r||q)
+    rev = torch.nn.functional.kl_div(lr, lq, log_target=True, reduction="none").sum(-1)  # KL(q||r)
+    torch.testing.assert_close(kl_rows(q, r, "forward"), fwd)
+    torch.testing.assert_close(kl_rows(q, r, "reverse"), rev)
+    assert not torch.allclose(fwd, rev)
+
+
+def test_each_term_is_averaged_over_its_own_rows():
+    logits = torch.randn(4, 1, 9)
+    targets = torch.tensor([[1], [2], [3], [4]])
+    is_forget = torch.tensor([True, False, False, False])
+    out = unlearning_loss(logits, targets, is_forget, None, LossWeights(retain=2.0, kl=0.0))
+    ce = torch.nn.functional.cross_entropy(logits[:, 0], targets[:, 0], reduction="none")
+    torch.testing.assert_close(out["l_f"], ce[0])
+    torch.testing.assert_close(out["l_r"], ce[1:].mean())
+    torch.testing.assert_close(out["loss"], ce[0] + 2.0 * ce[1:].mean())
+
+
+def _cfg(model: Path, splits: Path, out: Path, **kw) -> UnlearnConfig:
+    train = dict(lr=2e-2, epochs=1, batch_size=16, seed=0, checkpoint_every=3, max_steps=8)
+    train.update(kw.pop("train", {}))
+    base = dict(model=str(model), out=out, splits=splits, prompt_tokens=4, eval_limit=40, retain_limit=200,
+                train=TrainConfig(**train))
+    base.update(kw)
+    return UnlearnConfig(**base)
+
+
+def test_spul_bundle_round_trip_and_classifier(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path, frozen):
+    from spulctl import PromptedClassifier, load_bundle
+
+    meta = unlearn(_cfg(tiny_model_dir, demo_splits, tmp_path / "b"))
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.prompt.shape == (4, 64)
+    assert bundle.meta["method"] == "spul" and bundle.meta["training"]["steps"] == 8
+    assert set(meta["metrics"]["after"]) == {"test_retain", "test_forget"}
+    model, tok = frozen
+    preds = PromptedClassifier(model, bundle, tok).predict(["A fine film.", "A dull film."])
+    assert len(preds) == 2 and set(preds[0]["scores"]) == {"negative", "positive"}
+    assert (tmp_path / "b" / "reference.safetensors").exists() is False  # cache stays in the checkpoint dir
+    assert not (tmp_path / ".b.ckpt").exists()
+
+
+def test_bundle_for_another_model_and_corruption_are_refused(tiny_model_dir: Path, demo_splits: Path,
+                                                               tmp_path: Path):
+    from spulctl.bundle import BundleError, check_fingerprint, load_bundle
+    from spulctl.models import load_model
+
+    unlearn(_cfg(tiny_model_dir, demo_splits, tmp_path / "b", train={"max_steps": 2}))
+    other, _ = load_model(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        other.get_input_embeddings().weight.mul_(1.01)
+    bundle = load_bundle(tmp_path / "b")
+    with pytest.raises(BundleError, match="--ignore-fingerprint"):
+        check_fingerprint(bundle, other)
+    check_fingerprint(bundle, other, ignore=True)
+    result = runner.invoke(app, ["bundle", "verify", str(tmp_path / "b"), "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output
+    data = bytearray((tmp_path / "b" / "prompt.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "b" / "prompt.safetensors").write_bytes(bytes(data))
+    result = runner.invoke(app, ["bundle", "verify", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "corrupted" in result.output
+
+
+def test_resume_after_kill_gives_the_same_bundle(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    unlearn(_cfg(tiny_model_dir, demo_splits, tmp_path / "straight"))
+
+    def kill(event: dict) -> None:
+        if event["kind"] == "step" and event["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(_cfg(tiny_model_dir, demo_splits, tmp_path / "killed"), on_event=kill)
+    assert not (tmp_path / "killed").exists()
+    assert (tmp_path / ".killed.ckpt" / "reference.safetensors").is_file()
+    unlearn(_cfg(tiny_model_dir, demo_splits, tmp_path / "killed"), resume=True)
+    a = load_file(str(tmp_path / "straight" / "prompt.safetensors"))["prompt"]
+    b = load_file(str(tmp_path / "killed" / "prompt.safetensors"))["prompt"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["ga", "rl", "ga_kl", "ga_gd"])
+def test_baselines_write_a_model_dir(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path, method: str):
+    from safetensors.torch import load_file
+
+    meta = unlearn(_cfg(tiny_model_dir, demo_splits, tmp_path / method, method=method, train={"max_steps": 3}))
+    weights = load_file(str(next((tmp_path / method).glob("*.safetensors"))))
+    assert not any("lora" in k for k in weights)
+    manifest = json.loads((tmp_path / method / "spulctl-manifest.json").read_text())
+    assert manifest["method"] == method and manifest["kind"] == "unlearned-model"
+    uses_retain = method in ("ga_kl", "ga_gd")
+    assert (meta["data"]["retain_records"] > 0) == uses_retain
+
+
+def test_retain_from_unlabelled_texts(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"Some other review number {i}."} for i in range(40)])
+    cfg = _cfg(tiny_model_dir, None, tmp_path / "b", forget=demo_splits / "train_forget.jsonl",
+               retain_from=texts, train={"max_steps": 2})
+    meta = unlearn(cfg)
+    assert meta["data"]["retain_records"] == 40
+    assert "labelled by the model" in meta["data"]["retain_source"]
+
+
+def test_self_generated_retain_set(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    cfg = _cfg(tiny_model_dir, None, tmp_path / "b", forget=demo_splits / "train_forget.jsonl", self_generate=16,
+               train={"max_steps": 2})
+    meta = unlearn(cfg)
+    assert 4 <= meta["data"]["retain_records"] <= 16
+    assert "written by the model itself" in meta["data"]["retain_source"]
+
+
+def _cli(tiny_model_dir: Path, out: Path, *args: str):
+    return runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "-o", str(out), "--max-steps", "2",
+                               "--eval-limit", "0", *args])
+
+
+def test_unlearn_bad_inputs(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    forget = demo_splits / "train_forget.jsonl"
+    retain = demo_splits / "train_retain.jsonl"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    overlap = write_jsonl(tmp_path / "overlap.jsonl",
+                          [json.loads(forget.read_text().splitlines()[0]), {"text": "x y z", "label": "positive"}])
+    badlabel = write_jsonl(tmp_path / "bad.jsonl", [{"text": "a b c", "label": "meh"}])
+    cases = [
+        (["--forget", str(empty), "--retain", str(retain)], "no records"),
+        (["--forget", str(forget), "--retain", str(overlap)], "also in the forget set"),
+        (["--forget", str(badlabel), "--retain", str(retain)], "unknown label 'meh'"),
+        (["--forget", str(forget), "--retain", str(retain), "-p", "0"], "--prompt-tokens 0"),
+        (["--forget", str(forget), "--retain", str(retain), "--method", "magic"], "unknown method"),
+        (["--forget", str(forget), "--retain", str(retain), "--kl-direction", "up"], "--kl-direction up"),
+        (["--forget", str(forget), "--retain", str(retain), "--generic-labels", "positive"], "also label words"),
+        (["--retain", str(retain)], "give --forget FILE or --splits DIR"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        out = tmp_path / f"o{i}"
+        result = _cli(tiny_model_dir, out, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+        assert not out.exists(), args
+
+
+def test_nan_loss_stops_with_one_line_and_no_bundle(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    import spulctl.methods.base as base
+
+    real = base.unlearning_loss
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(base, "unlearning_loss", poisoned)
+    result = _cli(tiny_model_dir, tmp_path / "o", "--splits", str(demo_splits))
+    assert result.exit_code == 2
+    assert "non-finite loss" in result.output and "step 1" in result.output
+    assert not (tmp_path / "o").exists()
