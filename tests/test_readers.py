@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,16 @@ def test_label_map_and_label_words_and_extras_kept(tmp_path: Path):
     assert read_records(words)[0]["label"] == "positive"
 
 
+def test_hub_code_path_on_a_local_dataset_folder(tmp_path: Path):
+    """`datasets.load_dataset` is the hub path; offline we exercise it on a local folder."""
+    pytest.importorskip("datasets")
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", ROWS)
+    records = read_records(folder)
+    assert [(r["text"], r["label"]) for r in records] == [("a fine film", "positive"), ("a dull film", "negative")]
+
+
 def test_glue_tsv_with_bare_quotes(tmp_path: Path):
     path = tmp_path / "g.tsv"
     path.write_text('label\tsentence\n1\tthe " best " film\n')
@@ -83,13 +94,18 @@ BAD_INPUTS = {
     "csv wrong field count": (lambda p: _text(p / "d.csv", "text,label\na,1,extra\n"), {}, r"d.csv:2: 3 fields"),
     "csv no header": (lambda p: _text(p / "d.csv", ""), {}, "empty file"),
     "duplicate header": (lambda p: _text(p / "d.csv", "text,text,label\na,b,1\n"), {}, "duplicate column"),
-    "directory": (lambda p: p, {}, "is a directory"),
+    "empty dataset folder": (lambda p: _mkdir(p / "ds"), {}, "cannot be loaded with datasets.load_dataset"),
     "corrupt parquet": (lambda p: _bytes(p / "d.parquet", b"not parquet"), {}, "not a readable parquet"),
 }
 
 
 def _text(path: Path, text: str) -> Path:
     path.write_text(text)
+    return path
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
     return path
 
 
@@ -117,3 +133,22 @@ def test_json_jsonl_with_ids_round_trip(tmp_path: Path):
     out = read_records(path)
     assert [r["idx"] for r in out] == list(range(5))
     assert json.loads(json.dumps(out)) == out  # records stay JSON-serialisable
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_through_the_cli_exit_2_no_traceback_no_output(tmp_path: Path, case: str):
+    from typer.testing import CliRunner
+
+    from spulctl.cli import app
+
+    make, opts, pattern = BAD_INPUTS[case]
+    data = make(tmp_path)
+    out = tmp_path / "splits-out"
+    extra = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
+    result = CliRunner().invoke(app, ["split", str(data), "-o", str(out), "--entities", "x", *extra])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not out.exists()

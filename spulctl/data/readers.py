@@ -101,8 +101,8 @@ def find_split_file(folder: str | Path, split: str) -> Path:
 
 def _raw_rows(source: str | Path, opts: ReadOptions) -> tuple[Iterator[tuple[int, dict]], str]:
     path = Path(source)
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a data file")
+    if path.is_dir():  # a local dataset folder goes through `datasets`, exactly like a hub name
+        return _hub_rows(str(path), opts.hub_split), str(path)
     if path.suffix.lower() in SUFFIXES:
         if not path.is_file():
             raise DataError(f"{path}: file not found")
@@ -191,7 +191,7 @@ def _hub_rows(name: str, split: str) -> Iterator[tuple[int, dict]]:
         ds = datasets.load_dataset(repo, config or None, split=split)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{name}: not a local file and cannot be loaded from the hub: {first}") from None
+        raise DataError(f"{name}: cannot be loaded with datasets.load_dataset: {first}") from None
     for i, row in enumerate(ds, start=1):
         yield i, dict(row)
 
