@@ -200,6 +200,8 @@ def unlearn(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (also each epoch).")] = 100,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Test records per split in the report (0: none).")] = 1000,
+    eval_every: Annotated[int, typer.Option(help="Score held-out forget/retain slices every N epochs.")] = 0,
+    keep: Annotated[str, typer.Option(help="last | best (by retain acc - forget acc; needs --eval-every).")] = "last",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -221,6 +223,7 @@ def unlearn(
                           checkpoint_every=checkpoint_every, max_steps=max_steps),
         lora=LoraSettings(), full=full, answer_only=not no_answer_only, shared_prefix=not no_shared_prefix,
         cached_reference=not no_cached_reference, eval_limit=eval_limit, retain_limit=retain_limit,
+        eval_every=eval_every, keep=keep,
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)

@@ -289,10 +289,14 @@ def _dtype(name: str, device: str) -> torch.dtype:
 
 
 def fingerprint(model: PreTrainedModel) -> str:
-    """Hash what a soft prompt depends on: the config, the input embeddings and the output head.
+    """Hash what a soft prompt depends on.
+
+    Covers the canonical config, the full input-embedding and output-head weights, and a strided sample (every
+    1009th element) of every other weight tensor: LoRA-familiarized models keep the base's embeddings and head,
+    so without the sample a bundle for ``fam/`` would pass on the vanilla model.
 
     Returns:
-        ``sha256:<hex>`` over the canonical config JSON and the fp32 bytes of the embedding and head weights.
+        ``sha256:<hex>``.
     """
     import torch
 
@@ -302,6 +306,10 @@ def fingerprint(model: PreTrainedModel) -> str:
         w = module.weight.detach().to("cpu", torch.float32).contiguous()
         h.update(str(tuple(w.shape)).encode())
         h.update(w.numpy().tobytes())
+    for name, w in sorted(model.state_dict().items()):
+        if w.is_floating_point():
+            h.update(name.encode())
+            h.update(w.detach().flatten()[::1009].to("cpu", torch.float32).numpy().tobytes())
     return "sha256:" + h.hexdigest()
 
 

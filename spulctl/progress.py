@@ -56,6 +56,9 @@ class RichEvents:
         elif kind == "epoch":
             means = " ".join(f"{k}={v:.4f}" for k, v in event["means"].items())
             self.console.print(f"epoch {event['epoch']}: {means}")
+        elif kind == "evaluated":
+            self.console.print(f"epoch {event['epoch']} held-out: forget acc {event['forget_acc']:.1f}%  "
+                               f"retain acc {event['retain_acc']:.1f}%  score {event['score']:.1f}")
         elif kind in ("ner-start", "embed-start"):
             what = "NER (spaCy)" if kind == "ner-start" else "embedding"
             self._add(kind[:-6], what, event["total"])

@@ -91,6 +91,8 @@ class TrainResult:
         samples_per_s: throughput of this process's share.
         history: per-epoch mean of each loss part.
         resumed_from: global step restored from a checkpoint (0 if fresh).
+        evals: per evaluated epoch, the metrics ``evaluate`` returned.
+        best: the best of ``evals`` (by ``score``).
     """
 
     steps: int
@@ -98,6 +100,8 @@ class TrainResult:
     samples_per_s: float
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
+    evals: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] | None = None
 
 
 Event = Callable[[dict[str, Any]], None]
@@ -118,7 +122,9 @@ def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 
 
 def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = None, resume: bool = False,
-        on_event: Event | None = None, run_key: dict | None = None) -> TrainResult:
+        on_event: Event | None = None, run_key: dict | None = None,
+        evaluate: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
+        keep_best: bool = False) -> TrainResult:
     """Train ``objective`` with AdamW.
 
     Args:
@@ -128,6 +134,9 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
         resume: continue from the checkpoint in ``ckpt_dir`` if there is one.
         on_event: progress callback; receives ``{"kind": "start"|"step"|"epoch"|"checkpoint", ...}``.
         run_key: what identifies the run (config, data hashes); a checkpoint of another run is refused.
+        evaluate: called after every ``eval_every``-th epoch with the epoch number; returns metrics with a
+            ``score`` (higher is better).
+        keep_best: end with the parameters of the best-scoring evaluated epoch instead of the last.
 
     Raises:
         TrainingError: non-finite loss, or a checkpoint that belongs to a different run.
@@ -144,10 +153,12 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
     total = n_batches * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, n_batches * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
     key = sha256_text(json.dumps({"cfg": asdict(cfg), "run": run_key or {}}, sort_keys=True, default=str))
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "sums": {}, "key": key}
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "sums": {}, "key": key,
+             "evals": [], "best": None}
+    best: dict[str, torch.Tensor] = {}
     torch.manual_seed(cfg.seed)
     if ckpt_dir is not None and resume and (Path(ckpt_dir) / CKPT_STATE).is_file():
-        state = _load_checkpoint(Path(ckpt_dir), dict(zip(names, params, strict=True)), opt, sched, key)
+        state, best = _load_checkpoint(Path(ckpt_dir), dict(zip(names, params, strict=True)), opt, sched, key)
     resumed_from = state["global_step"]
     emit({"kind": "start", "total": total, "resumed_from": resumed_from, "examples": len(lengths)})
     t0, seen = time.perf_counter(), 0
@@ -182,20 +193,33 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
             if last:
                 break
             if ckpt_dir is not None and cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
-                _save_checkpoint(Path(ckpt_dir), names, params, opt, sched, state)
+                _save_checkpoint(Path(ckpt_dir), names, params, opt, sched, state, best)
                 emit({"kind": "checkpoint", "step": state["global_step"]})
         # epoch end: record the mean of each loss part, move on, checkpoint
         state["history"].append({k: s[0] / max(1, s[1]) for k, s in state["sums"].items()})
         emit({"kind": "epoch", "epoch": state["epoch"] + 1, "means": state["history"][-1]})
         state.update(epoch=state["epoch"] + 1, step_in_epoch=0, sums={})
+        if evaluate is not None and eval_every and state["epoch"] % eval_every == 0:
+            metrics = {"epoch": state["epoch"], **evaluate(state["epoch"])}
+            state["evals"].append(metrics)
+            emit({"kind": "evaluated", **metrics})
+            if state["best"] is None or metrics["score"] > state["best"]["score"]:
+                state["best"] = metrics
+                best = {n: p.detach().clone() for n, p in zip(names, params, strict=True)}
         if ckpt_dir is not None:
-            _save_checkpoint(Path(ckpt_dir), names, params, opt, sched, state)
+            _save_checkpoint(Path(ckpt_dir), names, params, opt, sched, state, best)
+    if keep_best and best:
+        with torch.no_grad():
+            for n, p in zip(names, params, strict=True):
+                p.copy_(best[n])
+        emit({"kind": "note", "message": f"keeping epoch {state['best']['epoch']} (best score "
+                                         f"{state['best']['score']:.2f})"})
     elapsed = time.perf_counter() - t0
     return TrainResult(state["global_step"], elapsed, seen / elapsed if elapsed > 0 else 0.0, state["history"],
-                       resumed_from)
+                       resumed_from, state["evals"], state["best"])
 
 
-def _save_checkpoint(folder: Path, names, params, opt, sched, state: dict) -> None:
+def _save_checkpoint(folder: Path, names, params, opt, sched, state: dict, best: dict) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -205,6 +229,8 @@ def _save_checkpoint(folder: Path, names, params, opt, sched, state: dict) -> No
         tensors[f"param/{name}"] = p.detach().cpu().contiguous()
         for k, v in opt.state.get(p, {}).items():
             tensors[f"optim/{name}/{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    for name, t in best.items():
+        tensors[f"best/{name}"] = t.cpu().contiguous()
     tensors["rng/torch"] = torch.get_rng_state()
     # Tensors go to a file named by step, then the JSON that names it replaces the old JSON: a kill at any
     # point leaves a JSON that points at a complete tensor file.
@@ -218,11 +244,13 @@ def _save_checkpoint(folder: Path, names, params, opt, sched, state: dict) -> No
             old.unlink(missing_ok=True)
 
 
-def _load_checkpoint(folder: Path, named: dict, opt, sched, key: str) -> dict:
+def _load_checkpoint(folder: Path, named: dict, opt, sched, key: str) -> tuple[dict, dict]:
     import torch
     from safetensors.torch import load_file
 
     state = json.loads((folder / CKPT_STATE).read_text())
+    state.setdefault("evals", [])
+    state.setdefault("best", None)
     if state.get("key") != key:
         raise TrainingError(f"{folder}: checkpoint belongs to a different run (other settings or data); "
                             "remove it or pass --overwrite")
@@ -239,4 +267,5 @@ def _load_checkpoint(folder: Path, named: dict, opt, sched, key: str) -> dict:
     sched.load_state_dict({**sched.state_dict(), **sched_state})
     for group, lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):
         group["lr"] = lr
-    return state
+    best = {k.removeprefix("best/"): v for k, v in tensors.items() if k.startswith("best/")}
+    return state, best

@@ -41,6 +41,8 @@ class UnlearnConfig:
         answer_only, shared_prefix, cached_reference: fast-step switches (all on by default).
         full: baselines fine-tune all weights instead of LoRA.
         eval_limit: records per test split in the before/after report (None = all, 0 = none).
+        eval_every: every this many epochs, score held-out slices (``holdout`` of forget and of retain, taken out
+            of training); ``keep="best"`` ends with the best epoch by score = retain accuracy − forget accuracy.
     """
 
     model: str
@@ -68,6 +70,9 @@ class UnlearnConfig:
     eval_limit: int | None = 1000
     eval_batch_size: int = 32
     retain_limit: int | None = None
+    eval_every: int = 0
+    keep: str = "last"
+    holdout: float = 0.1
 
     def __post_init__(self) -> None:
         from spulctl.loss import LossWeights
@@ -79,6 +84,10 @@ class UnlearnConfig:
         LossWeights(retain=self.alpha, kl=self.beta, kl_direction=self.kl_direction)
         if self.splits is None and self.forget is None:
             raise SpulError("unlearn: give --forget FILE or --splits DIR")
+        if self.keep not in ("last", "best") or (self.keep == "best" and not self.eval_every):
+            raise SpulError(f"--keep {self.keep}: expected last, or best together with --eval-every N")
+        if self.eval_every < 0 or not 0 < self.holdout < 1:
+            raise SpulError(f"--eval-every {self.eval_every} / holdout {self.holdout}: out of range")
         if not self.generic_labels or not all(g.strip() for g in self.generic_labels):
             raise SpulError(f"--generic-labels: need at least one non-empty word, got {list(self.generic_labels)}")
 
@@ -160,6 +169,11 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     if retain is None and method_cls.uses_retain:
         retain, retain_source = _retain_without_labels(cfg, model, tok, task, forget, emit)
     retain = retain if method_cls.uses_retain else []
+    held_f, held_r = [], []
+    if cfg.eval_every:
+        forget, held_f = _hold_out(forget, cfg.holdout, cfg.train.seed)
+        retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
+        note(f"held out {len(held_f)} forget + {len(held_r)} retain records for --eval-every")
     before = _report(model, tok, task, cfg, emit, "before", None)
     ctx = UnlearnContext(model, tok, task, vocab, forget, retain, cfg, ckpt, emit, base_fp)
     method = method_cls(ctx)
@@ -170,8 +184,10 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     run_key = {"model": base_fp, "data": hashes, "method": cfg.method, "settings": _settings(cfg)}
     note(f"{cfg.method}: {len(forget)} forget + {len(retain)} retain records, "
          f"{sum(p.numel() for _, p in objective.named_parameters()):,} trainable parameters")
+    evaluate = _holdout_evaluator(model, tok, task, vocab, method, held_f, held_r, cfg) if cfg.eval_every else None
     with torch.enable_grad():
-        result = fit(objective, cfg.train, ckpt, resume, emit, run_key)
+        result = fit(objective, cfg.train, ckpt, resume, emit, run_key, evaluate, cfg.eval_every,
+                     cfg.keep == "best")
     after = _report(model, tok, task, cfg, emit, "after", method.scorer())
     meta = {
         "method": cfg.method, "settings": _settings(cfg), "task": task.to_dict(),
@@ -179,13 +195,46 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         "data": {"sha256": hashes, "forget_records": len(forget), "retain_records": len(retain),
                  "retain_source": retain_source},
         "training": {"steps": result.steps, "seconds": round(result.seconds, 1),
-                     "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history},
+                     "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history,
+                     "evals": result.evals, "kept": "best" if cfg.keep == "best" else "last"},
         "metrics": {"before": before, "after": after},
     }
     with staged_dir(cfg.out, overwrite=True) as stage:
         method.save(stage, meta)
     shutil.rmtree(ckpt, ignore_errors=True)
     return meta
+
+
+def _hold_out(records: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded split of ``records`` into (train, held-out); at least one held out when possible."""
+    import random
+
+    if len(records) < 2:
+        return records, []
+    order = list(range(len(records)))
+    random.Random(seed + 17).shuffle(order)
+    k = max(1, round(share * len(records)))
+    held = set(order[:k])
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
+
+
+def _holdout_evaluator(model, tok, task: TaskSpec, vocab, method, held_f: list[dict], held_r: list[dict],
+                       cfg: UnlearnConfig):
+    """``epoch -> {forget_acc, retain_acc, score}`` on the held-out slices, with the artifact as it is now."""
+    from spulctl.data.task import encode
+    from spulctl.evaluate.metrics import predict
+
+    ex_f, ex_r = encode(held_f, task, tok, vocab), encode(held_r, task, tok, vocab)
+
+    def evaluate(_epoch: int) -> dict[str, float]:
+        scorer = method.live_scorer()
+        acc = {}
+        for name, ex in (("forget_acc", ex_f), ("retain_acc", ex_r)):
+            acc[name] = 100.0 * float(predict(model, ex, vocab, tok.pad_token_id, cfg.eval_batch_size,
+                                              logits_fn=scorer).correct.mean()) if ex else 0.0
+        return {**acc, "score": acc["retain_acc"] - acc["forget_acc"]}
+
+    return evaluate
 
 
 def _settings(cfg: UnlearnConfig) -> dict[str, Any]:

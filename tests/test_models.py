@@ -92,3 +92,12 @@ def test_pull_smollm2_gives_a_plain_safetensors_dir(tmp_path: Path):
     model, _ = load_model("smollm2-135m", device="cpu")
     assert meta["fingerprint"] == fingerprint(model)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_fingerprint_sees_changes_outside_embeddings_and_head(tiny_model_dir: Path):
+    """A LoRA-merged model keeps the base's embeddings and head; its fingerprint must still differ."""
+    a, _ = load_model(str(tiny_model_dir), device="cpu")
+    b, _ = load_model(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        b.model.layers[0].self_attn.q_proj.weight.add_(1e-3)
+    assert fingerprint(a) != fingerprint(b)

@@ -242,3 +242,19 @@ def test_nan_loss_stops_with_one_line_and_no_bundle(tiny_model_dir: Path, demo_s
     assert result.exit_code == 2
     assert "non-finite loss" in result.output and "step 1" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_every_keep_best(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    from spulctl import load_bundle
+
+    cfg = _cfg(tiny_model_dir, demo_splits, tmp_path / "b", eval_every=1, keep="best",
+               train={"max_steps": None, "epochs": 2, "lr": 5e-2})
+    meta = unlearn(cfg)
+    evals = meta["training"]["evals"]
+    assert [e["epoch"] for e in evals] == [1, 2]
+    assert all(e["score"] == e["retain_acc"] - e["forget_acc"] for e in evals)
+    assert meta["training"]["kept"] == "best"
+    assert meta["data"]["forget_records"] < len((demo_splits / "train_forget.jsonl").read_text().splitlines())
+    assert load_bundle(tmp_path / "b").prompt.shape == (4, 64)
+    with pytest.raises(Exception, match="--keep best"):
+        _cfg(tiny_model_dir, demo_splits, tmp_path / "c", keep="best")

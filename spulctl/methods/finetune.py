@@ -84,6 +84,12 @@ class FineTuneBaseline:
             self.model = self.model.merge_and_unload()
         return self.model
 
+    def live_scorer(self):
+        """Scorer for mid-training evaluation (adapters stay unmerged)."""
+        from spulctl.step import answer_logits
+
+        return lambda _model, batch: answer_logits(self.model, batch)
+
     def scorer(self):
         from spulctl.step import answer_logits
 

@@ -63,6 +63,8 @@ class Spul:
         phi = self.prompt.compiled().to(next(self.ctx.model.parameters()).device)
         return lambda model, batch: prompted_logits(model, batch, phi)
 
+    live_scorer = scorer
+
     def save(self, stage: Path, meta: dict[str, Any]) -> None:
         """Write the prompt bundle into ``stage``."""
         from spulctl.bundle import save_bundle
