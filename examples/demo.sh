@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the built-in model and data, from a fresh clone:
-#   install -> pull smollm2-135m -> split the demo reviews by entity -> familiarize -> result table.
+#   install -> pull smollm2-135m -> split the demo reviews by entity -> familiarize -> unlearn (SPUL)
+#   -> before/after table.
 # Usage: bash examples/demo.sh [workdir]   (default: ./demo-run; re-running replaces it)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,4 +12,7 @@ spulctl models pull smollm2-135m
 spulctl split demo -o "$WORK/splits" --top-entities 6 --overwrite
 spulctl familiarize "$WORK/splits" -o "$WORK/fam" --model smollm2-135m --retain-limit 400 --epochs 1 \
   --eval-limit 200 --overwrite
+spulctl unlearn --model "$WORK/fam" --splits "$WORK/splits" -o "$WORK/bundle" --prompt-encoder none --lr 1e-2 \
+  --epochs 2 --retain-limit 400 --eval-limit 200 --overwrite
+spulctl bundle verify "$WORK/bundle" --model "$WORK/fam"
 echo "demo finished in $(( $(date +%s) - START )) s; artifacts in $WORK"

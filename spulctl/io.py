@@ -53,9 +53,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
-def write_jsonl_atomic(path: str | os.PathLike, records: list[dict]) -> None:
-    """Write one JSON object per line, atomically."""
+def write_jsonl_atomic(path: str | os.PathLike, records: list[dict]) -> Path:
+    """Write one JSON object per line, atomically; returns the path."""
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return Path(path)
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:

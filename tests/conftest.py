@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _corpus() -> list[str]:
@@ -56,9 +54,3 @@ def demo_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("splits") / "demo"
     run_split("demo", out, by="entity", entities=["Jonah Pellegrino", "Priya Raman", "Lucia Ferrante"])
     return out
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    """Helper: write rows as jsonl."""
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path

@@ -3,7 +3,7 @@
 # Usage: bash tests/run.sh [pytest args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/examples/bootstrap.sh" "split,dev"
+source "$ROOT/examples/bootstrap.sh" "split,qlora,dev"
 cd "$ROOT"
 ruff check spulctl kernels tests benchmarks
-python -m pytest -q "$@"
+pytest -q "$@"

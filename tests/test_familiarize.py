@@ -126,3 +126,17 @@ def test_familiarize_missing_split_file(tiny_model_dir: Path, tmp_path: Path):
                                  str(tiny_model_dir)])
     assert result.exit_code == 2
     assert "no train_retain" in result.output
+
+
+def test_qlora_on_cpu_merges_into_full_precision(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    pytest.importorskip("bitsandbytes")
+    cfg = _cfg(tiny_model_dir, demo_splits, tmp_path / "q", max_steps=3)
+    cfg.load_in_4bit = True
+    manifest = familiarize(cfg)
+    assert manifest["load_in_4bit"] is True and manifest["steps"] == 3
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert "quantization_config" not in config
+    weights = _weights(tmp_path / "q")
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    base = _weights(tiny_model_dir)
+    assert any(not torch.equal(base[k], weights[k]) for k in base), "the adapter was merged"

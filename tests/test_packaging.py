@@ -49,3 +49,10 @@ def test_every_command_has_working_help():
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output
+
+
+def test_repo_root_kernels_folder_refuses_the_top_level_name():
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True, text=True, cwd=root)
+    assert done.returncode != 0
+    assert "import it as spulctl.kernels" in done.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from spulctl.data.readers import ReadOptions, find_split_file, parse_label_map, read_records
 from spulctl.errors import DataError
-from tests.conftest import write_jsonl
+from spulctl.io import write_jsonl_atomic as write_jsonl
 
 ROWS = [{"sentence": "a fine film", "label": 1}, {"sentence": "a dull film", "label": 0}]
 

@@ -12,7 +12,7 @@ from spulctl.cli import app
 from spulctl.data.demo import PEOPLE, demo_records
 from spulctl.data.readers import SPLIT_NAMES, read_records
 from spulctl.data.split import SplitConfig, entity_pattern, split_records
-from tests.conftest import write_jsonl
+from spulctl.io import write_jsonl_atomic as write_jsonl
 
 runner = CliRunner()
 

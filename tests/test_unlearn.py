@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from spulctl.cli import app
 from spulctl.data.task import TaskSpec, encode, label_vocab
+from spulctl.io import write_jsonl_atomic as write_jsonl
 from spulctl.loss import LossWeights, kl_rows, unlearning_loss
 from spulctl.step import StepOptions, collate, prompted_logits
 from spulctl.train import TrainConfig
 from spulctl.unlearn import UnlearnConfig, unlearn
-from tests.conftest import write_jsonl
 
 runner = CliRunner()
 
