@@ -162,6 +162,56 @@ def split(
         console.print(f"dropped {info['dropped_cross_duplicates']} retain records whose text is also a forget text")
 
 
+@app.command("eval")
+@handle_errors
+def eval_(
+    splits_arg: Annotated[Path | None, typer.Argument(metavar="SPLITS", help="Splits directory.")] = None,
+    model: ModelOpt = "smollm2-135m",
+    bundle: Annotated[Path | None, typer.Option(help="Prompt bundle to evaluate on --model.")] = None,
+    splits: Annotated[Path | None, typer.Option(help="Splits directory (or give it as the argument).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (report.json, report.md).")] = None,
+    compare: Annotated[list[str] | None, typer.Option(help="name=model-or-bundle, repeatable.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Records per split (quick runs).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 32,
+    max_forget_acc: Annotated[float | None, typer.Option(help="Gate: test_forget accuracy % at most.")] = None,
+    max_forget_restricted_acc: Annotated[float | None, typer.Option(help="Gate: restricted forget acc %.")] = None,
+    max_retain_drop: Annotated[float | None, typer.Option(help="Gate: test_retain drop vs --model, points.")] = None,
+    min_retain_acc: Annotated[float | None, typer.Option(help="Gate: test_retain accuracy % at least.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write the gates as JUnit XML here.")] = None,
+    ignore_fingerprint: Annotated[bool, typer.Option("--ignore-fingerprint")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Score the model (with --bundle, and --compare subjects) on the splits; exit 1 if a gate fails."""
+    from spulctl.pipeline import run_eval
+    from spulctl.progress import RichEvents
+
+    folder = splits or splits_arg
+    if folder is None:
+        raise SpulError("eval: give the splits directory (argument or --splits)")
+    _check_positive(limit=limit, batch_size=batch_size)
+    gates = {"max_forget_acc": max_forget_acc, "max_retain_drop": max_retain_drop, "min_retain_acc": min_retain_acc,
+             "max_forget_restricted_acc": max_forget_restricted_acc}
+    with RichEvents(console) as events:
+        report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
+                          gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
+                          on_event=events)
+    table = Table("subject", *[f"{s} %" for s in ("train_retain ↑", "train_forget ↓", "test_retain ↑",
+                                                  "test_forget ↓")], title="accuracy (Δ vs model)")
+    for name, per in report["results"].items():
+        cells = []
+        for s in ("train_retain", "train_forget", "test_retain", "test_forget"):
+            m, d = per.get(s), report["deltas"][name].get(s, {}).get("accuracy")
+            cells.append("–" if m is None else f"{m['accuracy']:.1f} ({d:+.1f})")
+        table.add_row(name, *cells)
+    console.print(table)
+    failed = [g for g in report["gates"] if not g["passed"]]
+    for g in report["gates"]:
+        (err_console if not g["passed"] else console).print(("FAIL " if not g["passed"] else "pass ") + g["detail"],
+                                                            highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
 bundle_app = typer.Typer(help="Inspect and verify prompt bundles.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
 

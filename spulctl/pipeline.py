@@ -44,3 +44,47 @@ def run_split(data: str, out: Path, *, overwrite: bool = False, on_event: Event 
     source_hash = sha256_file(data) if Path(data).is_file() else data
     write_splits(result, out, {"source": data, "sha256": source_hash, "records": len(records)}, overwrite)
     return result.info
+
+
+def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None = None,
+             compare: list[str] | None = None, limit: int | None = None, batch_size: int = 32,
+             gates: dict[str, float | None] | None = None, junit: Path | None = None, overwrite: bool = False,
+             ignore_fingerprint: bool = False, on_event: Event | None = None) -> dict[str, Any]:
+    """``spulctl eval``: score the model (and bundle, and comparisons), check gates, write the report.
+
+    Returns:
+        The report dict; ``report["gates"]`` lists each gate with ``passed``.
+    """
+    from spulctl.evaluate.gates import check_gates, junit_xml
+    from spulctl.evaluate.report import (
+        Subject,
+        build_report,
+        evaluate_subjects,
+        parse_compare,
+        write_report,
+    )
+    from spulctl.io import check_output_dir, write_text_atomic
+
+    emit = on_event or (lambda _e: None)
+    if out is not None:
+        check_output_dir(out, overwrite)
+    subjects = [Subject("model", model)]
+    if bundle is not None:
+        subjects.append(Subject("bundle", model, bundle))
+    for s in parse_compare(compare or []):
+        subjects.append(Subject(s.name, s.model or model, s.bundle))
+    names = [s.name for s in subjects]
+    if len(set(names)) != len(names):
+        from spulctl.errors import SpulError
+
+        raise SpulError(f"--compare: subject names must be unique, got {names}")
+    results = evaluate_subjects(subjects, splits, limit, batch_size, emit, ignore_fingerprint)
+    primary = "bundle" if bundle is not None else "model"
+    checked = check_gates(results[primary], results["model"], **(gates or {}))
+    report = build_report(results, "model", subjects, splits, limit, checked)
+    report["primary"] = primary
+    if out is not None:
+        write_report(report, out, overwrite)
+    if junit is not None:
+        write_text_atomic(junit, junit_xml(checked))
+    return report

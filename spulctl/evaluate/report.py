@@ -1,0 +1,160 @@
+"""``spulctl eval``: score subjects (model, model + bundle, baselines) on the four splits; write the report.
+
+The report has the shape of the paper's Table 1: per subject, accuracy and weighted F1 on train retain (↑),
+train forget (↓), test retain (↑) and test forget (↓), with deltas against the reference model (the ``--model``
+without a bundle), plus the restricted accuracy and the share of generic / off-label answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spulctl.data.readers import SPLIT_NAMES
+from spulctl.errors import SpulError
+
+SCHEMA_VERSION = 1
+ARROWS = {"train_retain": "↑", "train_forget": "↓", "test_retain": "↑", "test_forget": "↓"}
+Event = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Subject:
+    """Something to evaluate.
+
+    Attributes:
+        name: column name in the report.
+        model: model spec.
+        bundle: prompt bundle directory, or None.
+    """
+
+    name: str
+    model: str
+    bundle: Path | None = None
+
+
+def parse_compare(items: list[str]) -> list[Subject]:
+    """``name=spec`` items; a spec that is a bundle directory is evaluated on the main model, later.
+
+    Raises:
+        SpulError: an item without ``=``.
+    """
+    out = []
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise SpulError(f"--compare {item}: expected name=model-or-bundle (e.g. vanilla=smollm2-135m)")
+        path = Path(spec)
+        is_bundle = path.is_dir() and (path / "bundle.json").is_file()
+        out.append(Subject(name, "" if is_bundle else spec, path if is_bundle else None))
+    return out
+
+
+def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, batch_size: int,
+                      emit: Event, ignore_fingerprint: bool = False) -> dict[str, dict[str, dict]]:
+    """Score every subject on every split present; returns subject -> split -> metrics."""
+    from spulctl.bundle import check_fingerprint, load_bundle
+    from spulctl.data.task import TaskSpec, encode, label_vocab
+    from spulctl.evaluate.metrics import predict, summarize
+    from spulctl.familiarize import load_split
+    from spulctl.models import load_model
+    from spulctl.step import prompted_logits
+
+    records = {}
+    for name in SPLIT_NAMES:
+        try:
+            rows = load_split(splits, name)
+        except SpulError:
+            continue
+        records[name] = rows[:limit] if limit else rows
+    if not records:
+        raise SpulError(f"{splits}: no split files to evaluate")
+    loaded: dict[str, Any] = {}
+    results: dict[str, dict[str, dict]] = {}
+    for subj in subjects:
+        if subj.model not in loaded:
+            loaded.clear()  # one model in memory at a time
+            loaded[subj.model] = load_model(subj.model)
+        model, tok = loaded[subj.model]
+        task, scorer = TaskSpec(), None
+        if subj.bundle is not None:
+            bundle = load_bundle(subj.bundle)
+            check_fingerprint(bundle, model, ignore_fingerprint)
+            task = bundle.task()
+            phi = bundle.prompt.to(next(model.parameters()).device)
+            scorer = lambda m, b, phi=phi: prompted_logits(m, b, phi)  # noqa: E731
+        vocab = label_vocab(task, tok)
+        results[subj.name] = {}
+        for split, rows in records.items():
+            examples = encode(rows, task, tok, vocab)
+            tag = f"{subj.name} {split}"
+            emit({"kind": "eval-start", "split": tag, "total": len(examples)})
+            pred = predict(model, examples, vocab, tok.pad_token_id, batch_size, logits_fn=scorer,
+                           on_batch=lambda n, t=tag: emit({"kind": "eval-step", "split": t, "n": n}))
+            results[subj.name][split] = summarize(pred)
+            emit({"kind": "eval-done", "split": tag, "metrics": results[subj.name][split]})
+    return results
+
+
+def build_report(results: dict[str, dict[str, dict]], reference: str, subjects: list[Subject], splits: Path,
+                 limit: int | None, gates: list | None = None) -> dict[str, Any]:
+    """The machine-readable report (``report.json``)."""
+    from spulctl import __version__
+
+    deltas = {}
+    for name, per_split in results.items():
+        deltas[name] = {s: {"accuracy": m["accuracy"] - results[reference][s]["accuracy"]}
+                        for s, m in per_split.items() if s in results.get(reference, {})}
+    return {
+        "schema_version": SCHEMA_VERSION, "spulctl_version": __version__, "splits": str(splits), "limit": limit,
+        "reference": reference,
+        "subjects": [{"name": s.name, "model": s.model, "bundle": str(s.bundle) if s.bundle else None}
+                     for s in subjects],
+        "results": results, "deltas": deltas,
+        "gates": [g.__dict__ for g in gates or []],
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The paper's Table 1 layout: one row per subject, accuracy and F1 per split, Δ vs the reference."""
+    splits = [s for s in SPLIT_NAMES if any(s in r for r in report["results"].values())]
+    head = "| subject | " + " | ".join(f"{s} {ARROWS[s]} acc (Δ) | F1" for s in splits) + " |"
+    lines = [f"# spulctl eval report\n\nsplits: `{report['splits']}`, limit per split: {report['limit']}, "
+             f"Δ = accuracy points vs `{report['reference']}`.\n", head,
+             "| --- | " + " | ".join("---: | ---:" for _ in splits) + " |"]
+    for name, per_split in report["results"].items():
+        cells = []
+        for s in splits:
+            m, d = per_split.get(s), report["deltas"].get(name, {}).get(s, {}).get("accuracy")
+            cells.append("–" if m is None else f"{m['accuracy']:.1f} ({d:+.1f})" if d is not None
+                         else f"{m['accuracy']:.1f}")
+            cells.append("–" if m is None else f"{m['f1_weighted']:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Restricted accuracy (argmax over label words) and generic/off-label answer shares:", "",
+              "| subject | split | restricted % | generic % | off-label % |", "| --- | --- | ---: | ---: | ---: |"]
+    for name, per_split in report["results"].items():
+        for s in splits:
+            if s in per_split:
+                m = per_split[s]
+                lines.append(f"| {name} | {s} | {m['restricted_accuracy']:.1f} | {m['generic_share']:.1f} | "
+                             f"{m['off_label_share']:.1f} |")
+    if report["gates"]:
+        lines += ["", "Gates:", ""] + [f"- {'PASS' if g['passed'] else 'FAIL'} {g['detail']}" for g in report["gates"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out: Path, overwrite: bool) -> None:
+    """Write ``report.json`` and ``report.md`` into ``out`` (staged)."""
+    from spulctl.io import staged_dir, write_json_atomic, write_text_atomic
+
+    with staged_dir(out, overwrite=overwrite) as stage:
+        write_json_atomic(stage / "report.json", report)
+        write_text_atomic(stage / "report.md", render_markdown(report))
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """Read a report.json (for tooling)."""
+    return json.loads(Path(path).read_text())

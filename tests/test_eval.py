@@ -1,0 +1,83 @@
+"""``spulctl eval``: report files, comparisons, gates (pass and fail), JUnit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spulctl.cli import app
+from spulctl.train import TrainConfig
+from spulctl.unlearn import UnlearnConfig, unlearn
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model_dir: Path, demo_splits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "bundle"
+    unlearn(UnlearnConfig(model=str(tiny_model_dir), out=out, splits=demo_splits, prompt_tokens=4, eval_limit=0,
+                          retain_limit=60, train=TrainConfig(lr=1e-2, epochs=1, batch_size=16, max_steps=2)))
+    return out
+
+
+def test_eval_writes_table1_report(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):
+    result = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--bundle", str(bundle),
+                                 "-o", str(tmp_path / "r"), "--limit", "20",
+                                 "--compare", f"again={tiny_model_dir}", "--junit", str(tmp_path / "j.xml")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["schema_version"] == 1 and report["primary"] == "bundle"
+    assert list(report["results"]) == ["model", "bundle", "again"]
+    for per in report["results"].values():
+        assert set(per) == {"train_retain", "train_forget", "test_retain", "test_forget"}
+        assert all(m["n"] == 20 for m in per.values())
+    # the same model evaluated twice gives identical numbers and zero deltas
+    assert report["results"]["again"] == report["results"]["model"]
+    assert all(d["accuracy"] == 0 for d in report["deltas"]["again"].values())
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "test_forget ↓" in md and "| bundle |" in md
+    assert "<testsuite" in (tmp_path / "j.xml").read_text()
+
+
+def test_gate_pass_and_fail(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):
+    base = ["eval", "--splits", str(demo_splits), "--model", str(tiny_model_dir), "--bundle", str(bundle),
+            "--limit", "20"]
+    ok = runner.invoke(app, [*base, "--max-forget-acc", "100", "--max-retain-drop", "100"])
+    assert ok.exit_code == 0, ok.output
+    assert "pass max-forget-acc" in ok.output
+    bad = runner.invoke(app, [*base, "--min-retain-acc", "101", "--max-forget-acc", "-1", "--junit",
+                              str(tmp_path / "j.xml")])
+    assert bad.exit_code == 1
+    assert "FAIL min-retain-acc" in bad.output and "FAIL max-forget-acc" in bad.output
+    junit = (tmp_path / "j.xml").read_text()
+    assert 'failures="2"' in junit and "min-retain-acc" in junit
+
+
+def test_eval_refuses_bundle_for_another_model(demo_splits: Path, bundle: Path, tmp_path: Path,
+                                               tiny_model_dir: Path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    weights_file = next(other.glob("*.safetensors"))
+    weights = load_file(str(weights_file))
+    weights = {k: (v * 1.01 if "embed" in k else v) for k, v in weights.items()}
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(weights_file), metadata={"format": "pt"})
+    result = runner.invoke(app, ["eval", str(demo_splits), "--model", str(other), "--bundle", str(bundle),
+                                 "--limit", "5"])
+    assert result.exit_code == 2 and "trained for model" in result.output
+
+
+def test_eval_bad_compare_and_missing_splits(tiny_model_dir: Path, tmp_path: Path, demo_splits: Path):
+    r = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--compare", "novalue"])
+    assert r.exit_code == 2 and "name=model-or-bundle" in r.output
+    r = runner.invoke(app, ["eval", "--model", str(tiny_model_dir)])
+    assert r.exit_code == 2 and "splits directory" in r.output
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, ["eval", str(tmp_path / "empty"), "--model", str(tiny_model_dir)])
+    assert r.exit_code == 2 and "no split files" in r.output
