@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the built-in model and data, from a fresh clone:
 #   install -> pull smollm2-135m -> split the demo reviews by entity -> familiarize -> unlearn (SPUL)
-#   -> before/after table.
+#   -> eval: Table-1-shaped report for the vanilla model, the familiarized model and the bundle.
 # Usage: bash examples/demo.sh [workdir]   (default: ./demo-run; re-running replaces it)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,4 +15,6 @@ spulctl familiarize "$WORK/splits" -o "$WORK/fam" --model smollm2-135m --retain-
 spulctl unlearn --model "$WORK/fam" --splits "$WORK/splits" -o "$WORK/bundle" --prompt-encoder none --lr 1e-2 \
   --epochs 2 --retain-limit 400 --eval-limit 200 --overwrite
 spulctl bundle verify "$WORK/bundle" --model "$WORK/fam"
+spulctl eval "$WORK/splits" --model "$WORK/fam" --bundle "$WORK/bundle" --compare vanilla=smollm2-135m \
+  --limit 150 -o "$WORK/report" --overwrite
 echo "demo finished in $(( $(date +%s) - START )) s; artifacts in $WORK"
