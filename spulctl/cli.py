@@ -177,6 +177,8 @@ def eval_(
     max_forget_restricted_acc: Annotated[float | None, typer.Option(help="Gate: restricted forget acc %.")] = None,
     max_retain_drop: Annotated[float | None, typer.Option(help="Gate: test_retain drop vs --model, points.")] = None,
     min_retain_acc: Annotated[float | None, typer.Option(help="Gate: test_retain accuracy % at least.")] = None,
+    max_mia_auc: Annotated[float | None, typer.Option(help="Gate: forget membership-inference AUC at most.")] = None,
+    mia: Annotated[bool, typer.Option("--mia", help="Run membership inference (loss, Min-k% prob).")] = False,
     junit: Annotated[Path | None, typer.Option(help="Write the gates as JUnit XML here.")] = None,
     ignore_fingerprint: Annotated[bool, typer.Option("--ignore-fingerprint")] = False,
     overwrite: OverwriteOpt = False,
@@ -190,11 +192,11 @@ def eval_(
         raise SpulError("eval: give the splits directory (argument or --splits)")
     _check_positive(limit=limit, batch_size=batch_size)
     gates = {"max_forget_acc": max_forget_acc, "max_retain_drop": max_retain_drop, "min_retain_acc": min_retain_acc,
-             "max_forget_restricted_acc": max_forget_restricted_acc}
+             "max_forget_restricted_acc": max_forget_restricted_acc, "max_mia_auc": max_mia_auc}
     with RichEvents(console) as events:
         report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
-                          on_event=events)
+                          mia=mia, on_event=events)
     table = Table("subject", *[f"{s} %" for s in ("train_retain ↑", "train_forget ↓", "test_retain ↑",
                                                   "test_forget ↓")], title="accuracy (Δ vs model)")
     for name, per in report["results"].items():
@@ -204,6 +206,9 @@ def eval_(
             cells.append("–" if m is None else f"{m['accuracy']:.1f} ({d:+.1f})")
         table.add_row(name, *cells)
     console.print(table)
+    for name, sides in report["mia"].items():
+        for side, att in sides.items():
+            console.print(f"MIA {name} {side}: loss AUC {att['loss']['auc']:.3f}, Min-k% AUC {att['min_k']['auc']:.3f}")
     failed = [g for g in report["gates"] if not g["passed"]]
     for g in report["gates"]:
         (err_console if not g["passed"] else console).print(("FAIL " if not g["passed"] else "pass ") + g["detail"],

@@ -49,7 +49,7 @@ def run_split(data: str, out: Path, *, overwrite: bool = False, on_event: Event 
 def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None = None,
              compare: list[str] | None = None, limit: int | None = None, batch_size: int = 32,
              gates: dict[str, float | None] | None = None, junit: Path | None = None, overwrite: bool = False,
-             ignore_fingerprint: bool = False, on_event: Event | None = None) -> dict[str, Any]:
+             ignore_fingerprint: bool = False, mia: bool = False, on_event: Event | None = None) -> dict[str, Any]:
     """``spulctl eval``: score the model (and bundle, and comparisons), check gates, write the report.
 
     Returns:
@@ -78,10 +78,12 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
         from spulctl.errors import SpulError
 
         raise SpulError(f"--compare: subject names must be unique, got {names}")
-    results = evaluate_subjects(subjects, splits, limit, batch_size, emit, ignore_fingerprint)
+    gates = dict(gates or {})
+    mia = mia or gates.get("max_mia_auc") is not None
+    results, mia_results = evaluate_subjects(subjects, splits, limit, batch_size, emit, ignore_fingerprint, mia)
     primary = "bundle" if bundle is not None else "model"
-    checked = check_gates(results[primary], results["model"], **(gates or {}))
-    report = build_report(results, "model", subjects, splits, limit, checked)
+    checked = check_gates(results[primary], results["model"], mia=mia_results.get(primary), **gates)
+    report = build_report(results, "model", subjects, splits, limit, checked, mia_results)
     report["primary"] = primary
     if out is not None:
         write_report(report, out, overwrite)

@@ -81,3 +81,46 @@ def test_eval_bad_compare_and_missing_splits(tiny_model_dir: Path, tmp_path: Pat
     (tmp_path / "empty").mkdir()
     r = runner.invoke(app, ["eval", str(tmp_path / "empty"), "--model", str(tiny_model_dir)])
     assert r.exit_code == 2 and "no split files" in r.output
+
+
+def test_membership_inference_report_and_gate(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):
+    result = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--bundle", str(bundle),
+                                 "--limit", "24", "-o", str(tmp_path / "r"), "--max-mia-auc", "1.01"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    for subject in ("model", "bundle"):
+        for side in ("forget", "retain"):
+            for attack in ("loss", "min_k"):
+                assert 0.0 <= report["mia"][subject][side][attack]["auc"] <= 1.0
+    assert "Membership inference" in (tmp_path / "r" / "report.md").read_text()
+    fail = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--bundle", str(bundle),
+                               "--limit", "24", "--max-mia-auc", "0"])
+    assert fail.exit_code == 1 and "FAIL max-mia-auc" in fail.output
+
+
+def test_auc_tpr_on_separable_scores():
+    from spulctl.evaluate.mia import auc_tpr
+
+    assert auc_tpr([2.0, 3.0, 4.0], [0.0, 1.0])["auc"] == 1.0
+    assert auc_tpr([0.0, 1.0], [2.0, 3.0])["auc"] == 0.0
+    assert auc_tpr([1.0, 1.0], [1.0, 1.0])["auc"] == 0.5
+
+
+def test_token_logprobs_match_full_logits(tiny_model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spulctl.data.demo import demo_records
+    from spulctl.data.task import TaskSpec, encode
+    from spulctl.evaluate.mia import token_logprobs
+    from spulctl.step import collate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = collate(encode(demo_records(3), TaskSpec(), tok), tok.pad_token_id)
+    with torch.no_grad():
+        fast = token_logprobs(model, batch, None, chunk=5)
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.log_softmax(-1)
+    ref = full[:, :-1].gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    mask = batch.attention_mask[:, 1:].bool()
+    torch.testing.assert_close(fast[mask], ref[mask], rtol=1e-5, atol=1e-5)

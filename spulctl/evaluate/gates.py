@@ -27,10 +27,12 @@ class Gate:
 
 def check_gates(subject: dict[str, dict], baseline: dict[str, dict] | None, *, max_forget_acc: float | None = None,
                 max_retain_drop: float | None = None, min_retain_acc: float | None = None,
-                max_forget_restricted_acc: float | None = None) -> list[Gate]:
+                max_forget_restricted_acc: float | None = None, max_mia_auc: float | None = None,
+                mia: dict[str, dict] | None = None) -> list[Gate]:
     """Evaluate the requested gates on ``subject`` (split -> metrics), dropping relative to ``baseline``.
 
-    Forget gates read test_forget, retain gates test_retain.
+    Forget gates read test_forget, retain gates test_retain; ``max_mia_auc`` reads the strongest forget-side
+    attack in ``mia`` (the subject's membership-inference results).
     """
     gates: list[Gate] = []
 
@@ -58,6 +60,10 @@ def check_gates(subject: dict[str, dict], baseline: dict[str, dict] | None, *, m
         base, have = metric("test_retain", "accuracy", baseline), metric("test_retain", "accuracy", subject)
         drop = None if base is None or have is None else base - have
         add("max-retain-drop", max_retain_drop, drop, True, "test_retain accuracy drop vs the model, points")
+    if max_mia_auc is not None:
+        forget = (mia or {}).get("forget")
+        auc = None if not forget else max(a["auc"] for a in forget.values())
+        add("max-mia-auc", max_mia_auc, auc, True, "forget membership-inference AUC (strongest attack)")
     return gates
 
 

@@ -54,11 +54,17 @@ def parse_compare(items: list[str]) -> list[Subject]:
 
 
 def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, batch_size: int,
-                      emit: Event, ignore_fingerprint: bool = False) -> dict[str, dict[str, dict]]:
-    """Score every subject on every split present; returns subject -> split -> metrics."""
+                      emit: Event, ignore_fingerprint: bool = False,
+                      mia: bool = False) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
+    """Score every subject on every split present.
+
+    Returns:
+        subject -> split -> metrics, and (with ``mia``) subject -> membership-inference results.
+    """
     from spulctl.bundle import check_fingerprint, load_bundle
     from spulctl.data.task import TaskSpec, encode, label_vocab
     from spulctl.evaluate.metrics import predict, summarize
+    from spulctl.evaluate.mia import membership_inference
     from spulctl.familiarize import load_split
     from spulctl.models import load_model
     from spulctl.step import prompted_logits
@@ -74,12 +80,13 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
         raise SpulError(f"{splits}: no split files to evaluate")
     loaded: dict[str, Any] = {}
     results: dict[str, dict[str, dict]] = {}
+    mia_results: dict[str, dict] = {}
     for subj in subjects:
         if subj.model not in loaded:
             loaded.clear()  # one model in memory at a time
             loaded[subj.model] = load_model(subj.model)
         model, tok = loaded[subj.model]
-        task, scorer = TaskSpec(), None
+        task, scorer, phi = TaskSpec(), None, None
         if subj.bundle is not None:
             bundle = load_bundle(subj.bundle)
             check_fingerprint(bundle, model, ignore_fingerprint)
@@ -96,11 +103,13 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
                            on_batch=lambda n, t=tag: emit({"kind": "eval-step", "split": t, "n": n}))
             results[subj.name][split] = summarize(pred)
             emit({"kind": "eval-done", "split": tag, "metrics": results[subj.name][split]})
-    return results
+        if mia:
+            mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name)
+    return results, mia_results
 
 
 def build_report(results: dict[str, dict[str, dict]], reference: str, subjects: list[Subject], splits: Path,
-                 limit: int | None, gates: list | None = None) -> dict[str, Any]:
+                 limit: int | None, gates: list | None = None, mia: dict[str, dict] | None = None) -> dict[str, Any]:
     """The machine-readable report (``report.json``)."""
     from spulctl import __version__
 
@@ -113,7 +122,7 @@ def build_report(results: dict[str, dict[str, dict]], reference: str, subjects: 
         "reference": reference,
         "subjects": [{"name": s.name, "model": s.model, "bundle": str(s.bundle) if s.bundle else None}
                      for s in subjects],
-        "results": results, "deltas": deltas,
+        "results": results, "deltas": deltas, "mia": mia or {},
         "gates": [g.__dict__ for g in gates or []],
     }
 
@@ -141,6 +150,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 m = per_split[s]
                 lines.append(f"| {name} | {s} | {m['restricted_accuracy']:.1f} | {m['generic_share']:.1f} | "
                              f"{m['off_label_share']:.1f} |")
+    if report.get("mia"):
+        lines += ["", "Membership inference (members = train split, non-members = test split; AUC 0.5 = cannot "
+                  "tell):", "", "| subject | side | loss AUC | loss TPR@1%FPR | Min-k% AUC | Min-k% TPR@1%FPR |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for name, sides in report["mia"].items():
+            for side, att in sides.items():
+                lines.append(f"| {name} | {side} | {att['loss']['auc']:.3f} | {att['loss']['tpr@0.01fpr']:.3f} | "
+                             f"{att['min_k']['auc']:.3f} | {att['min_k']['tpr@0.01fpr']:.3f} |")
     if report["gates"]:
         lines += ["", "Gates:", ""] + [f"- {'PASS' if g['passed'] else 'FAIL'} {g['detail']}" for g in report["gates"]]
     return "\n".join(lines) + "\n"
