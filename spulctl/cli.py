@@ -179,6 +179,7 @@ def eval_(
     min_retain_acc: Annotated[float | None, typer.Option(help="Gate: test_retain accuracy % at least.")] = None,
     max_mia_auc: Annotated[float | None, typer.Option(help="Gate: forget membership-inference AUC at most.")] = None,
     mia: Annotated[bool, typer.Option("--mia", help="Run membership inference (loss, Min-k% prob).")] = False,
+    plots: Annotated[Path | None, typer.Option(help="Write tsne.png and tradeoff.png here.")] = None,
     junit: Annotated[Path | None, typer.Option(help="Write the gates as JUnit XML here.")] = None,
     ignore_fingerprint: Annotated[bool, typer.Option("--ignore-fingerprint")] = False,
     overwrite: OverwriteOpt = False,
@@ -196,7 +197,7 @@ def eval_(
     with RichEvents(console) as events:
         report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
-                          mia=mia, on_event=events)
+                          mia=mia, plots=plots, on_event=events)
     table = Table("subject", *[f"{s} %" for s in ("train_retain ↑", "train_forget ↓", "test_retain ↑",
                                                   "test_forget ↓")], title="accuracy (Δ vs model)")
     for name, per in report["results"].items():

@@ -49,7 +49,8 @@ def run_split(data: str, out: Path, *, overwrite: bool = False, on_event: Event 
 def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None = None,
              compare: list[str] | None = None, limit: int | None = None, batch_size: int = 32,
              gates: dict[str, float | None] | None = None, junit: Path | None = None, overwrite: bool = False,
-             ignore_fingerprint: bool = False, mia: bool = False, on_event: Event | None = None) -> dict[str, Any]:
+             ignore_fingerprint: bool = False, mia: bool = False, plots: Path | None = None,
+             on_event: Event | None = None) -> dict[str, Any]:
     """``spulctl eval``: score the model (and bundle, and comparisons), check gates, write the report.
 
     Returns:
@@ -85,8 +86,41 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
     checked = check_gates(results[primary], results["model"], mia=mia_results.get(primary), **gates)
     report = build_report(results, "model", subjects, splits, limit, checked, mia_results)
     report["primary"] = primary
+    if plots is not None:
+        report["plots"] = [str(p) for p in _eval_plots(model, bundle, splits, results, plots, limit)]
     if out is not None:
         write_report(report, out, overwrite)
     if junit is not None:
         write_text_atomic(junit, junit_xml(checked))
     return report
+
+
+def _eval_plots(model: str, bundle: Path | None, splits: Path, results: dict, folder: Path,
+                limit: int | None) -> list[Path]:
+    """Trade-off scatter of all subjects; t-SNE of answer states before/after the bundle on test records."""
+    import random
+
+    from spulctl.bundle import load_bundle
+    from spulctl.data.task import TaskSpec
+    from spulctl.evaluate.plots import answer_states, tradeoff_plot, tsne_plot
+    from spulctl.familiarize import load_split
+    from spulctl.models import load_model
+
+    made = [tradeoff_plot(results, folder / "tradeoff.png")]
+    n = min(limit or 300, 300)
+    rng = random.Random(0)
+    rows, kinds = [], []
+    for kind in ("forget", "retain"):
+        split = load_split(splits, f"test_{kind}")
+        picked = rng.sample(split, min(n, len(split)))
+        rows += picked
+        kinds += [kind] * len(picked)
+    m, tok = load_model(model)
+    task, states = TaskSpec(), {"model": answer_states(m, tok, TaskSpec(), rows, None)}
+    if bundle is not None:
+        b = load_bundle(bundle)
+        task = b.task()
+        states = {"before (model)": states["model"], "after (model + bundle)": answer_states(m, tok, task, rows,
+                                                                                            b.prompt)}
+    made.append(tsne_plot(states, kinds, [r["label"] for r in rows], folder / "tsne.png"))
+    return made

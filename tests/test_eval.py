@@ -124,3 +124,13 @@ def test_token_logprobs_match_full_logits(tiny_model_dir: Path):
     ref = full[:, :-1].gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     mask = batch.attention_mask[:, 1:].bool()
     torch.testing.assert_close(fast[mask], ref[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_plots_are_pngs(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    result = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--bundle", str(bundle),
+                                 "--limit", "30", "--plots", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    for name in ("tsne.png", "tradeoff.png"):
+        data = (tmp_path / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
