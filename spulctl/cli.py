@@ -218,6 +218,43 @@ def eval_(
         raise typer.Exit(1)
 
 
+@app.command()
+@handle_errors
+def sweep(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep directory (resumable).")],
+    splits: Annotated[Path, typer.Option(help="Splits directory.")],
+    model: ModelOpt = "smollm2-135m",
+    alpha: Annotated[str | None, typer.Option(help="α values, e.g. 0.5,1")] = None,
+    beta: Annotated[str | None, typer.Option(help="β values.")] = None,
+    prompt_tokens: Annotated[str | None, typer.Option("--prompt-tokens", help="p values.")] = None,
+    tau: Annotated[str | None, typer.Option(help="Forget-set fractions τ.")] = None,
+    prompt_encoder: Annotated[str, typer.Option(help="none | mlp")] = "mlp",
+    epochs: Annotated[int, typer.Option(help="Epochs per cell.")] = 10,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 16,
+    retain_limit: Annotated[int | None, typer.Option(help="Retain subset per cell.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Steps per cell (quick runs).")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Test records per split per cell.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Unlearn + evaluate over a grid of α, β, p, τ; writes results.jsonl, sweep.md, sweep.png."""
+    from spulctl.evaluate.sweep import parse_grid, run_sweep
+    from spulctl.progress import RichEvents
+    from spulctl.train import TrainConfig
+    from spulctl.unlearn import UnlearnConfig
+
+    grid = parse_grid({"alpha": alpha, "beta": beta, "prompt_tokens": prompt_tokens, "tau": tau})
+    if not grid:
+        raise SpulError("sweep: give at least one of --alpha, --beta, --prompt-tokens, --tau")
+    _check_positive(epochs=epochs, batch_size=batch_size, retain_limit=retain_limit, max_steps=max_steps)
+    base = UnlearnConfig(model=model, out=out, splits=splits, prompt_encoder=prompt_encoder, eval_limit=eval_limit,
+                         retain_limit=retain_limit, train=TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size,
+                                                                      seed=seed, max_steps=max_steps))
+    with RichEvents(console) as events:
+        rows = run_sweep(base, grid, out, events)
+    console.print(f"{len(rows)} cells; table in {out / 'sweep.md'}, plot in {out / 'sweep.png'}")
+
+
 bundle_app = typer.Typer(help="Inspect and verify prompt bundles.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
 
@@ -258,6 +295,7 @@ def unlearn(
     eval_limit: Annotated[int | None, typer.Option(help="Test records per split in the report (0: none).")] = 1000,
     eval_every: Annotated[int, typer.Option(help="Score held-out forget/retain slices every N epochs.")] = 0,
     keep: Annotated[str, typer.Option(help="last | best (by retain acc - forget acc; needs --eval-every).")] = "last",
+    tau: Annotated[float, typer.Option(help="Train on this fraction of the forget set.")] = 1.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -279,7 +317,7 @@ def unlearn(
                           checkpoint_every=checkpoint_every, max_steps=max_steps),
         lora=LoraSettings(), full=full, answer_only=not no_answer_only, shared_prefix=not no_shared_prefix,
         cached_reference=not no_cached_reference, eval_limit=eval_limit, retain_limit=retain_limit,
-        eval_every=eval_every, keep=keep,
+        eval_every=eval_every, keep=keep, tau=tau,
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)

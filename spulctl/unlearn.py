@@ -41,6 +41,7 @@ class UnlearnConfig:
         answer_only, shared_prefix, cached_reference: fast-step switches (all on by default).
         full: baselines fine-tune all weights instead of LoRA.
         eval_limit: records per test split in the before/after report (None = all, 0 = none).
+        tau: train on this seeded fraction of the forget set (paper Table 3).
         eval_every: every this many epochs, score held-out slices (``holdout`` of forget and of retain, taken out
             of training); ``keep="best"`` ends with the best epoch by score = retain accuracy − forget accuracy.
     """
@@ -73,6 +74,7 @@ class UnlearnConfig:
     eval_every: int = 0
     keep: str = "last"
     holdout: float = 0.1
+    tau: float = 1.0
 
     def __post_init__(self) -> None:
         from spulctl.loss import LossWeights
@@ -86,6 +88,8 @@ class UnlearnConfig:
             raise SpulError("unlearn: give --forget FILE or --splits DIR")
         if self.keep not in ("last", "best") or (self.keep == "best" and not self.eval_every):
             raise SpulError(f"--keep {self.keep}: expected last, or best together with --eval-every N")
+        if not 0 < self.tau <= 1:
+            raise SpulError(f"--tau {self.tau}: must be in (0, 1]")
         if self.eval_every < 0 or not 0 < self.holdout < 1:
             raise SpulError(f"--eval-every {self.eval_every} / holdout {self.holdout}: out of range")
         if not self.generic_labels or not all(g.strip() for g in self.generic_labels):
@@ -107,6 +111,10 @@ def load_inputs(cfg: UnlearnConfig, note: Callable[[str], None]) -> tuple[list[d
     if retain_path is None and cfg.splits is not None and cfg.retain_from is None:
         retain_path = find_split_file(cfg.splits, "train_retain")
     forget = _read(forget_path, note)
+    if cfg.tau < 1:
+        import random
+
+        forget = random.Random(cfg.train.seed).sample(forget, max(1, round(cfg.tau * len(forget))))
     retain = _read(retain_path, note) if retain_path else None
     if retain is not None and cfg.retain_limit is not None and cfg.retain_limit < len(retain):
         import random
