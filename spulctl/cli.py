@@ -296,6 +296,7 @@ def unlearn(
     eval_every: Annotated[int, typer.Option(help="Score held-out forget/retain slices every N epochs.")] = 0,
     keep: Annotated[str, typer.Option(help="last | best (by retain acc - forget acc; needs --eval-every).")] = "last",
     tau: Annotated[float, typer.Option(help="Train on this fraction of the forget set.")] = 1.0,
+    report_before: Annotated[bool, typer.Option(help="Also score the model without the artifact.")] = True,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -317,7 +318,7 @@ def unlearn(
                           checkpoint_every=checkpoint_every, max_steps=max_steps),
         lora=LoraSettings(), full=full, answer_only=not no_answer_only, shared_prefix=not no_shared_prefix,
         cached_reference=not no_cached_reference, eval_limit=eval_limit, retain_limit=retain_limit,
-        eval_every=eval_every, keep=keep, tau=tau,
+        eval_every=eval_every, keep=keep, tau=tau, report_before=report_before,
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)

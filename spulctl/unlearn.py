@@ -41,6 +41,7 @@ class UnlearnConfig:
         answer_only, shared_prefix, cached_reference: fast-step switches (all on by default).
         full: baselines fine-tune all weights instead of LoRA.
         eval_limit: records per test split in the before/after report (None = all, 0 = none).
+        report_before: also score the model without the artifact (the "before" column).
         tau: train on this seeded fraction of the forget set (paper Table 3).
         eval_every: every this many epochs, score held-out slices (``holdout`` of forget and of retain, taken out
             of training); ``keep="best"`` ends with the best epoch by score = retain accuracy − forget accuracy.
@@ -75,6 +76,7 @@ class UnlearnConfig:
     keep: str = "last"
     holdout: float = 0.1
     tau: float = 1.0
+    report_before: bool = True
 
     def __post_init__(self) -> None:
         from spulctl.loss import LossWeights
@@ -182,7 +184,7 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         forget, held_f = _hold_out(forget, cfg.holdout, cfg.train.seed)
         retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
         note(f"held out {len(held_f)} forget + {len(held_r)} retain records for --eval-every")
-    before = _report(model, tok, task, cfg, emit, "before", None)
+    before = _report(model, tok, task, cfg, emit, "before", None) if cfg.report_before else {}
     ctx = UnlearnContext(model, tok, task, vocab, forget, retain, cfg, ckpt, emit, base_fp)
     method = method_cls(ctx)
     examples = encode(forget, task, tok, vocab, targets=method.forget_targets()) + encode(retain, task, tok, vocab)
