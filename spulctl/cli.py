@@ -27,6 +27,22 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs, warnings and bars.")]
+          = False) -> None:
+    """Keep the terminal to spulctl's own progress unless --verbose: transformers' loading bars and the
+    deprecation chatter of dependencies say nothing actionable to a user."""
+    if verbose:
+        return
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch|bitsandbytes)\b")
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn SpulError into a one-line message and its exit code (2); Ctrl-C into exit 130."""
 
