@@ -196,6 +196,7 @@ def eval_(
     max_mia_auc: Annotated[float | None, typer.Option(help="Gate: forget membership-inference AUC at most.")] = None,
     mia: Annotated[bool, typer.Option("--mia", help="Run membership inference (loss, Min-k% prob).")] = False,
     plots: Annotated[Path | None, typer.Option(help="Write tsne.png and tradeoff.png here.")] = None,
+    robustness: Annotated[bool, typer.Option("--robustness", help="Score rewritten forget queries too.")] = False,
     junit: Annotated[Path | None, typer.Option(help="Write the gates as JUnit XML here.")] = None,
     ignore_fingerprint: Annotated[bool, typer.Option("--ignore-fingerprint")] = False,
     overwrite: OverwriteOpt = False,
@@ -213,7 +214,7 @@ def eval_(
     with RichEvents(console) as events:
         report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
-                          mia=mia, plots=plots, on_event=events)
+                          mia=mia, plots=plots, robustness=robustness, on_event=events)
     table = Table("subject", *[f"{s} %" for s in ("train_retain ↑", "train_forget ↓", "test_retain ↑",
                                                   "test_forget ↓")], title="accuracy (Δ vs model)")
     for name, per in report["results"].items():
@@ -223,6 +224,11 @@ def eval_(
             cells.append("–" if m is None else f"{m['accuracy']:.1f} ({d:+.1f})")
         table.add_row(name, *cells)
     console.print(table)
+    for name, per in report["results"].items():
+        probes = ", ".join(f"{k.removeprefix('probe:')} {m['accuracy']:.1f}%" for k, m in per.items()
+                           if k.startswith("probe:"))
+        if probes:
+            console.print(f"rewritten forget queries, {name}: {probes}")
     for name, sides in report["mia"].items():
         for side, att in sides.items():
             console.print(f"MIA {name} {side}: loss AUC {att['loss']['auc']:.3f}, Min-k% AUC {att['min_k']['auc']:.3f}")

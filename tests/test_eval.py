@@ -134,3 +134,19 @@ def test_plots_are_pngs(tiny_model_dir: Path, demo_splits: Path, bundle: Path, t
     for name in ("tsne.png", "tradeoff.png"):
         data = (tmp_path / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_robustness_probes(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):
+    from spulctl.evaluate.robustness import probe_records, rewrites
+
+    probes = rewrites(demo_splits)
+    assert {"upper", "lower", "no-punct", "first-name", "last-name"} <= set(probes)
+    rows = probe_records([{"text": "Jonah Pellegrino shines.", "label": "positive"}], probes["last-name"])
+    assert rows == [{"text": "Pellegrino shines.", "label": "positive"}]
+    result = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--bundle", str(bundle),
+                                 "--limit", "12", "--robustness", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    for subject in ("model", "bundle"):
+        assert {"probe:upper", "probe:first-name"} <= set(report["results"][subject])
+    assert "Robustness" in (tmp_path / "r" / "report.md").read_text()

@@ -53,10 +53,14 @@ def parse_compare(items: list[str]) -> list[Subject]:
     return out
 
 
-def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, batch_size: int,
-                      emit: Event, ignore_fingerprint: bool = False,
-                      mia: bool = False) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
-    """Score every subject on every split present.
+Results = dict[str, dict[str, dict]]
+
+
+def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, batch_size: int, emit: Event,
+                      ignore_fingerprint: bool = False, mia: bool = False,
+                      robustness: bool = False) -> tuple[Results, dict[str, dict]]:
+    """Score every subject on every split present (and, with ``robustness``, on rewritten forget queries,
+    stored as ``probe:<name>`` entries).
 
     Returns:
         subject -> split -> metrics, and (with ``mia``) subject -> membership-inference results.
@@ -78,6 +82,12 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
         records[name] = rows[:limit] if limit else rows
     if not records:
         raise SpulError(f"{splits}: no split files to evaluate")
+    probes = {}
+    if robustness and "test_forget" in records:
+        from spulctl.evaluate.robustness import probe_records, rewrites
+
+        probes = {name: rows for name, fn in rewrites(splits).items()
+                  if (rows := probe_records(records["test_forget"], fn))}
     loaded: dict[str, Any] = {}
     results: dict[str, dict[str, dict]] = {}
     mia_results: dict[str, dict] = {}
@@ -105,6 +115,13 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
             emit({"kind": "eval-done", "split": tag, "metrics": results[subj.name][split]})
         if mia:
             mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name)
+        for probe, rows in (probes or {}).items():
+            examples = encode(rows, task, tok, vocab)
+            tag = f"{subj.name} probe {probe}"
+            emit({"kind": "eval-start", "split": tag, "total": len(examples)})
+            pred = predict(model, examples, vocab, tok.pad_token_id, batch_size, logits_fn=scorer,
+                           on_batch=lambda n, t=tag: emit({"kind": "eval-step", "split": t, "n": n}))
+            results[subj.name][f"probe:{probe}"] = summarize(pred)
     return results, mia_results
 
 
@@ -150,6 +167,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 m = per_split[s]
                 lines.append(f"| {name} | {s} | {m['restricted_accuracy']:.1f} | {m['generic_share']:.1f} | "
                              f"{m['off_label_share']:.1f} |")
+    probe_names = sorted({k for per in report["results"].values() for k in per if k.startswith("probe:")})
+    if probe_names:
+        lines += ["", "Robustness: test_forget queries rewritten (accuracy %, lower = still forgotten):", "",
+                  "| subject | " + " | ".join(p.removeprefix("probe:") for p in probe_names) + " |",
+                  "| --- | " + " | ".join("---:" for _ in probe_names) + " |"]
+        for name, per in report["results"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{per[p]['accuracy']:.1f} (n={per[p]['n']})" if p in per
+                                                     else "–" for p in probe_names) + " |")
     if report.get("mia"):
         lines += ["", "Membership inference (members = train split, non-members = test split; AUC 0.5 = cannot "
                   "tell):", "", "| subject | side | loss AUC | loss TPR@1%FPR | Min-k% AUC | Min-k% TPR@1%FPR |",
