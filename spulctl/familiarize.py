@@ -115,9 +115,9 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
 
     emit = on_event or (lambda _e: None)
     note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
-    if not resume:
-        check_output_dir(cfg.out, overwrite)
     ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"
+    if not (resume and ckpt.is_dir()):  # --resume with nothing to resume still must not clobber an output
+        check_output_dir(cfg.out, overwrite)
     forget, retain = load_split(cfg.splits, "train_forget", note), load_split(cfg.splits, "train_retain", note)
     if cfg.retain_limit is not None and cfg.retain_limit < len(retain):
         retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)

@@ -163,9 +163,9 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
 
     emit = on_event or (lambda _e: None)
     note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
-    if not resume:
-        check_output_dir(cfg.out, overwrite)
     ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"
+    if not (resume and ckpt.is_dir()):  # --resume with nothing to resume still must not clobber an output
+        check_output_dir(cfg.out, overwrite)
     forget, retain, hashes = load_inputs(cfg, note)
     method_cls = get_method(cfg.method)
     task = TaskSpec(generic_labels=tuple(cfg.generic_labels))

@@ -258,3 +258,12 @@ def test_eval_every_keep_best(tiny_model_dir: Path, demo_splits: Path, tmp_path:
     assert load_bundle(tmp_path / "b").prompt.shape == (4, 64)
     with pytest.raises(Exception, match="--keep best"):
         _cfg(tiny_model_dir, demo_splits, tmp_path / "c", keep="best")
+
+
+def test_resume_without_checkpoint_does_not_clobber(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    result = _cli(tiny_model_dir, out, "--splits", str(demo_splits), "--resume")
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (out / "mine.txt").read_text() == "keep"
