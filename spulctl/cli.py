@@ -304,7 +304,7 @@ def unlearn(
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = 0.3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.001,
-    warmup_ratio: Annotated[float, typer.Option(help="Share of steps with linear warmup.")] = 0.06,
+    warmup_ratio: Annotated[float, typer.Option(help="Share of steps with linear warmup.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     retain_limit: Annotated[int | None, typer.Option(help="Random subset of the retain set of this size.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Baselines: full fine-tuning instead of LoRA.")] = False,
