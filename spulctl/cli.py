@@ -277,6 +277,71 @@ def sweep(
     console.print(f"{len(rows)} cells; table in {out / 'sweep.md'}, plot in {out / 'sweep.png'}")
 
 
+@app.command()
+@handle_errors
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export directory.")],
+    model: ModelOpt = "smollm2-135m",
+    bundle: Annotated[Path | None, typer.Option(help="Prompt bundle to compile into the graph.")] = None,
+    no_bundle: Annotated[bool, typer.Option("--no-bundle", help="Export the unprompted model (comparison).")] = False,
+    ignore_fingerprint: Annotated[bool, typer.Option("--ignore-fingerprint")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Compile the bundle into a KV prefix and export an ONNX scorer (model.onnx + prefix + tokenizer + manifest)."""
+    from spulctl.pipeline import run_export
+    from spulctl.progress import RichEvents
+
+    with RichEvents(console) as events:
+        manifest = run_export(model, out, bundle=bundle, no_bundle=no_bundle, ignore_fingerprint=ignore_fingerprint,
+                              overwrite=overwrite, on_event=events)
+    console.print(f"exported to {out} (opset {manifest['opset']}, prefix {manifest['prefix']}); ONNX Runtime CPU "
+                  f"check: max |score diff| vs torch = {manifest['check']['max_abs_score_diff']:.2e}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    onnx_dir: Annotated[Path, typer.Option("--onnx", help="Export directory from `spulctl export`.")],
+    input_file: Annotated[Path, typer.Option("--input", "-i", help="Texts: .jsonl/.csv/.tsv/.parquet.")],
+    output: Annotated[Path | None, typer.Option("--output", help="Write .jsonl or .csv here (default: stdout).")]
+    = None,
+    provider: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Texts per run.")] = 32,
+    text_field: Annotated[str | None, typer.Option(help="Text column (auto-detected).")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Classify texts with an exported model on ONNX Runtime; label + label-word scores per text."""
+    import csv
+    import io
+
+    from spulctl.data.readers import ReadOptions, read_records
+    from spulctl.export.runtime import OnnxPredictor
+    from spulctl.io import write_jsonl_atomic, write_text_atomic
+
+    _check_positive(batch_size=batch_size)
+    if output is not None and output.exists() and not overwrite:
+        raise SpulError(f"{output}: exists (pass --overwrite to replace it)")
+    if output is not None and output.suffix not in (".jsonl", ".csv"):
+        raise SpulError(f"--output {output}: use a .jsonl or .csv file")
+    texts = [r["text"] for r in read_records(input_file, ReadOptions(text_field=text_field, require_label=False))]
+    predictor = OnnxPredictor(onnx_dir, provider=provider, batch_size=batch_size)
+    rows = predictor.predict(texts)
+    if output is None:
+        for r in rows:
+            console.print_json(json.dumps(r))
+    elif output.suffix == ".jsonl":
+        write_jsonl_atomic(output, rows)
+    else:
+        buf = io.StringIO()
+        words = list(rows[0]["scores"]) if rows else []
+        writer = csv.writer(buf)
+        writer.writerow(["text", "label", *[f"score_{w}" for w in words]])
+        for r in rows:
+            writer.writerow([r["text"], r["label"] or "", *[f"{r['scores'][w]:.6f}" for w in words]])
+        write_text_atomic(output, buf.getvalue())
+    err_console.print(f"{len(rows)} texts on {predictor.provider}")
+
+
 bundle_app = typer.Typer(help="Inspect and verify prompt bundles.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
 

@@ -126,3 +126,92 @@ def _eval_plots(model: str, bundle: Path | None, splits: Path, results: dict, fo
                                                                                             b.prompt)}
     made.append(tsne_plot(states, kinds, [r["label"] for r in rows], folder / "tsne.png"))
     return made
+
+
+def run_export(model: str, out: Path, *, bundle: Path | None = None, no_bundle: bool = False,
+               ignore_fingerprint: bool = False, overwrite: bool = False,
+               on_event: Event | None = None) -> dict[str, Any]:
+    """``spulctl export``: compiled prefix + ONNX scorer + tokenizer + manifest, checked on ONNX Runtime (CPU)."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from spulctl import __version__
+    from spulctl.bundle import check_fingerprint, load_bundle
+    from spulctl.data.task import TaskSpec, label_vocab
+    from spulctl.errors import SpulError
+    from spulctl.export.onnx_export import MANIFEST_FILE, MODEL_FILE, OPSET, PREFIX_FILE, compile_prefix, export_onnx
+    from spulctl.export.runtime import OnnxPredictor
+    from spulctl.io import check_output_dir, sha256_file, staged_dir, write_json_atomic
+    from spulctl.models import fingerprint, load_model
+
+    emit = on_event or (lambda _e: None)
+    if (bundle is None) != no_bundle:
+        raise SpulError("export: give --bundle DIR, or --no-bundle to export the unprompted model")
+    check_output_dir(out, overwrite)
+    b = load_bundle(bundle) if bundle is not None else None
+    emit({"kind": "note", "message": f"loading {model}"})
+    m, tok = load_model(model, device="cpu", dtype="float32")
+    task, prefix, bundle_meta = TaskSpec(), None, None
+    if b is not None:
+        check_fingerprint(b, m, ignore_fingerprint)
+        task, bundle_meta = b.task(), {"path": str(bundle), "prompt_sha256": b.meta["prompt"]["sha256"],
+                                       "method": b.meta.get("method"), "p": int(b.prompt.shape[0])}
+        emit({"kind": "note", "message": "compiling the soft prompt into its per-layer KV prefix"})
+        prefix = compile_prefix(m, b.prompt)
+    vocab = label_vocab(task, tok)
+    texts = ["A fine film.", "The plot is a mess and the acting is worse."]
+    ids = [tok(task.prompt(t), add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    import torch
+
+    input_ids = torch.full((2, width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
+    sample = (input_ids, mask, torch.tensor([len(x) - 1 for x in ids]))
+    with staged_dir(out, overwrite=overwrite) as stage:
+        emit({"kind": "note", "message": f"exporting ONNX (opset {OPSET})"})
+        export_onnx(m, prefix, vocab.first_label_ids, stage / MODEL_FILE, sample)
+        files = {MODEL_FILE: sha256_file(stage / MODEL_FILE)}
+        if prefix is not None:
+            save_file({f"layer.{i}.{kind}": t for i, (k, v) in enumerate(prefix) for kind, t in (("key", k),
+                                                                                                  ("value", v))},
+                      str(stage / PREFIX_FILE))
+            files[PREFIX_FILE] = sha256_file(stage / PREFIX_FILE)
+        tok.save_pretrained(stage)
+        manifest = {
+            "spulctl_version": __version__, "format": "spulctl-onnx", "opset": OPSET, "dtype": "float32",
+            "prefix": "baked-initializers" if prefix is not None else None, "bundle": bundle_meta,
+            "base_model": {"spec": model, "fingerprint": fingerprint(m)}, "task": task.to_dict(),
+            "label_first_ids": vocab.first_label_ids, "generic_first_ids": [g[0] for g in vocab.generic_ids],
+            "files": files,
+        }
+        write_json_atomic(stage / MANIFEST_FILE, manifest)
+        # check on ONNX Runtime (CPU) against the torch scorer before the directory is published
+        got = OnnxPredictor(stage, provider="cpu").predict(texts)
+        from spulctl.bundle import PromptedClassifier
+        from spulctl.step import prompted_logits
+
+        if b is not None:
+            ref = PromptedClassifier(m, b, tok, ignore_fingerprint=True).predict(texts)
+        else:
+            ref = _unprompted_scores(m, tok, task, texts, prompted_logits)
+        diff = max(abs(g["scores"][w] - r["scores"][w]) for g, r in zip(got, ref, strict=True) for w in g["scores"])
+        manifest["check"] = {"provider": "CPUExecutionProvider", "max_abs_score_diff": float(np.float32(diff))}
+        manifest["providers_tested"] = ["CPUExecutionProvider"]
+        write_json_atomic(stage / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _unprompted_scores(m, tok, task, texts, prompted_logits) -> list[dict[str, Any]]:
+    import torch
+
+    from spulctl.data.task import encode, label_vocab
+    from spulctl.step import collate
+
+    vocab = label_vocab(task, tok)
+    ex = encode([{"text": t, "label": task.label_words[0]} for t in texts], task, tok, vocab)
+    with torch.inference_mode():
+        logp = prompted_logits(m, collate(ex, tok.pad_token_id), None)[:, 0].log_softmax(-1)
+    return [{"scores": {w: float(logp[i, f]) for w, f in zip(task.label_words, vocab.first_label_ids, strict=True)}}
+            for i in range(len(texts))]

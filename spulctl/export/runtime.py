@@ -1,0 +1,107 @@
+"""ONNX Runtime predictor for an export directory (CUDA execution provider when present, CPU otherwise)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from spulctl.errors import MissingDependencyError, SpulError
+from spulctl.io import sha256_file
+
+PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class ExportError(SpulError):
+    """An export directory is missing files, corrupted, or asks for an unavailable provider."""
+
+
+def verify_export(folder: str | Path) -> dict[str, Any]:
+    """Check an export directory's files against the hashes in its manifest; return the manifest.
+
+    Raises:
+        ExportError: a file is missing or its sha256 differs from ``manifest.json``.
+    """
+    from spulctl.export.onnx_export import MANIFEST_FILE
+
+    folder = Path(folder)
+    if not (folder / MANIFEST_FILE).is_file():
+        raise ExportError(f"{folder}: no {MANIFEST_FILE} (not a spulctl export directory)")
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    for name, digest in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise ExportError(f"{path}: missing")
+        if sha256_file(path) != digest:
+            raise ExportError(f"{path}: sha256 does not match {MANIFEST_FILE}: the file is corrupted or was replaced")
+    return manifest
+
+
+class OnnxPredictor:
+    """Classify texts with an exported scorer.
+
+    Args:
+        folder: export directory (``spulctl export``).
+        provider: ``auto`` (CUDA if onnxruntime has it, else CPU), ``cuda`` or ``cpu``.
+        batch_size: texts per run.
+    """
+
+    def __init__(self, folder: str | Path, provider: str = "auto", batch_size: int = 32) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingDependencyError("predict needs onnxruntime: pip install 'spulctl[export]'") from None
+        from transformers import AutoTokenizer
+
+        from spulctl.data.task import TaskSpec
+        from spulctl.export.onnx_export import MODEL_FILE
+
+        self.folder = Path(folder)
+        self.manifest = verify_export(self.folder)
+        available = ort.get_available_providers()
+        if provider == "auto":
+            wanted = [p for p in (PROVIDERS["cuda"], PROVIDERS["cpu"]) if p in available]
+        elif provider in PROVIDERS and PROVIDERS[provider] in available:
+            wanted = [PROVIDERS[provider]]
+        else:
+            raise ExportError(f"--provider {provider}: not available (onnxruntime has {', '.join(available)})")
+        self.session = ort.InferenceSession(str(self.folder / MODEL_FILE), providers=wanted)
+        self.provider = self.session.get_providers()[0]
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        t = self.manifest["task"]
+        self.task = TaskSpec(template=t["template"], label_words=tuple(t["label_words"]),
+                             generic_labels=tuple(t["generic_labels"]), label_prefix=t.get("label_prefix", " "))
+        self.batch_size = batch_size
+        self.label_first = self.manifest["label_first_ids"]
+        self.generic_first = dict(zip(self.manifest["generic_first_ids"], self.task.generic_labels, strict=True))
+
+    def _inputs(self, texts: list[str]) -> dict[str, Any]:
+        import numpy as np
+
+        ids = self.tokenizer([self.task.prompt(t) for t in texts], add_special_tokens=False)["input_ids"]
+        t = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = np.full((len(ids), t), pad, dtype=np.int64)
+        mask = np.zeros((len(ids), t), dtype=np.int64)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask,
+                "answer_pos": np.array([len(x) - 1 for x in ids], dtype=np.int64)}
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Per text: ``label`` (label word, generic label, or None), ``top1`` token id, ``scores`` per label word."""
+        out = []
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together
+        results: dict[int, dict[str, Any]] = {}
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            logp, top1 = self.session.run(None, self._inputs([texts[i] for i in idx]))
+            for row, i in enumerate(idx):
+                tok = int(top1[row])
+                label = (self.task.label_words[self.label_first.index(tok)] if tok in self.label_first
+                         else self.generic_first.get(tok))
+                results[i] = {"text": texts[i], "label": label, "top1": tok,
+                              "scores": {w: float(v) for w, v in zip(self.task.label_words, logp[row], strict=True)}}
+        out = [results[i] for i in range(len(texts))]
+        return out
