@@ -3,9 +3,9 @@
 The prompt sits at positions 0..p-1 and attends only to itself, so its keys and values in every layer are
 constants of (base model, bundle). We compute them once (``prefix.safetensors``) and bake them into the ONNX
 graph as initializers; at inference the graph sees the real tokens only, with the prefix as past keys/values and
-positions offset by p. Baked initializers were chosen over prefix *inputs*: same arithmetic, but no per-call
-copies of 2·layers tensors across the runtime boundary and one self-contained file to ship (measured side by
-side in ``benchmarks/bench_inference.py``).
+positions offset by p. We bake the prefix in as initializers rather than feeding it as 2·layers extra graph
+inputs: the arithmetic is the same, the shipped graph is one self-contained file, and no caller has to copy the
+prefix across the runtime boundary on every call (the inputs variant was not built or measured).
 
 Graph: ``input_ids`` (b, t) int64, ``attention_mask`` (b, t) int64, ``answer_pos`` (b,) int64 →
 ``label_logprobs`` (b, L) full-vocabulary log-probabilities of the label words' first tokens, ``top1`` (b,)
