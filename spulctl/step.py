@@ -169,6 +169,28 @@ def prompt_prefix_cache(model: nn.Module, prompt: torch.Tensor, batch_size: int)
     return DynamicCache(ddp_cache_data=shared, config=body.config)
 
 
+def _prompted_states(model: nn.Module, batch: Batch, prompt: torch.Tensor, shared_prefix: bool):
+    """Run the body with the prompt; return final hidden states and the offset of the real tokens in them.
+
+    Returns:
+        ``(hidden, offset)``: (b, t, d) with offset 0 on the shared-prefix path (the prompt lives in the KV cache),
+        or (b, p + t, d) with offset p when the prompt is concatenated to the embeddings.
+    """
+    import torch
+
+    body, _ = body_and_head(model)
+    b, p = batch.input_ids.shape[0], prompt.shape[0]
+    embeds = body.get_input_embeddings()(batch.input_ids)  # (b, t, d)
+    prompt = prompt.to(embeds.dtype)
+    mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)  # (b, p + t)
+    if shared_prefix:
+        cache = prompt_prefix_cache(model, prompt, b)
+        out = body(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True)
+        return out.last_hidden_state, 0  # positions p .. p+t-1 in the model's frame
+    full = torch.cat([prompt.unsqueeze(0).expand(b, -1, -1), embeds], dim=1)  # (b, p + t, d)
+    return body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
+
+
 def prompted_hidden(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
                     opts: StepOptions | None = None) -> torch.Tensor:
     """Final hidden states at the answer positions with the soft prompt prepended.
@@ -180,43 +202,25 @@ def prompted_hidden(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
     Returns:
         (b, k, d) hidden rows at ``batch.positions`` (offset by p internally).
     """
-    import torch
-
     if prompt is None:
         return answer_hidden(model, batch)
-    opts = opts or StepOptions()
-    body, _ = body_and_head(model)
-    b, p = batch.input_ids.shape[0], prompt.shape[0]
-    embeds = body.get_input_embeddings()(batch.input_ids)  # (b, t, d)
-    mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)  # (b, p + t)
-    if opts.shared_prefix:
-        cache = prompt_prefix_cache(model, prompt.to(embeds.dtype), b)
-        out = body(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True)
-        hidden, offset = out.last_hidden_state, 0  # (b, t, d): positions p.. p+t-1 in the model's frame
-    else:
-        full = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1), embeds], dim=1)  # (b, p+t, d)
-        hidden, offset = body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
+    hidden, offset = _prompted_states(model, batch, prompt, (opts or StepOptions()).shared_prefix)
     idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (b, k, d)
     return hidden.gather(1, idx)
 
 
 def prompted_logits(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
                     opts: StepOptions | None = None) -> torch.Tensor:
-    """(b, k, V) fp32 logits at the answer positions, prompted; ``answer_only=False`` builds full logits first."""
-    import torch
-
+    """(b, k, V) fp32 logits at the answer positions; ``answer_only=False`` builds the full logits first."""
     opts = opts or StepOptions()
-    _, head = body_and_head(model)
+    body, head = body_and_head(model)
     if opts.answer_only:
         return head(prompted_hidden(model, batch, prompt, opts)).float()
-    # Naive path (the released pipeline): full-sequence logits, then pick the answer rows.
-    body, _ = body_and_head(model)
-    b = batch.input_ids.shape[0]
-    embeds = body.get_input_embeddings()(batch.input_ids)
-    p = 0 if prompt is None else prompt.shape[0]
-    if prompt is not None:
-        embeds = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1), embeds], dim=1)
-    mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)
-    logits = head(body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state)  # (b,p+t,V)
-    idx = (batch.positions + p).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    # Naive head (the released pipeline): logits for every position, then pick the answer rows.
+    if prompt is None:
+        hidden, offset = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state, 0
+    else:
+        hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix)
+    logits = head(hidden)  # (b, t', V)
+    idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
     return logits.gather(1, idx).float()
