@@ -450,9 +450,10 @@ def _print_before_after(metrics: dict[str, dict], title: str) -> None:
     table = Table("split", "n", "acc before %", "acc after %", "Δ", "restricted after %", "generic after %",
                   title=title)
     for split, m in after.items():
-        b = before.get(split, {}).get("accuracy", float("nan"))
-        table.add_row(split, str(m["n"]), f"{b:.1f}", f"{m['accuracy']:.1f}", f"{m['accuracy'] - b:+.1f}",
-                      f"{m['restricted_accuracy']:.1f}", f"{m['generic_share']:.1f}")
+        b = before.get(split, {}).get("accuracy")
+        table.add_row(split, str(m["n"]), "–" if b is None else f"{b:.1f}", f"{m['accuracy']:.1f}",
+                      "–" if b is None else f"{m['accuracy'] - b:+.1f}", f"{m['restricted_accuracy']:.1f}",
+                      f"{m['generic_share']:.1f}")
     console.print(table)
 
 
