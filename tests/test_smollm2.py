@@ -85,3 +85,33 @@ def test_familiarize_and_unlearn_run_on_smollm2(smollm2, demo_splits: Path, tmp_
 
     with pytest.raises(BundleError, match="trained for model"):
         check_fingerprint(bundle, vanilla)
+
+
+SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2-spul"
+
+
+@pytest.mark.skipif(not (SST2 / "test_retain.csv").is_file(), reason="../shared/data/sst2-spul not present")
+def test_onnx_parity_on_500_sst2_sentences(smollm2, tmp_path: Path):
+    """ORT (fp32, CPU) and the torch PromptedClassifier agree on >= 500 SST-2 test sentences (|Δscore| <= 1e-3)."""
+    pytest.importorskip("onnxruntime")
+    from spulctl.bundle import PromptedClassifier, load_bundle, save_bundle
+    from spulctl.data.readers import read_records
+    from spulctl.data.task import TaskSpec
+    from spulctl.export.runtime import OnnxPredictor
+    from spulctl.models import fingerprint
+    from spulctl.pipeline import run_export
+
+    model, tok = smollm2
+    torch.manual_seed(0)
+    emb = model.get_input_embeddings().weight
+    prompt = emb[torch.randint(0, emb.shape[0], (30,))].detach().clone()  # a vocab-initialised 30-token prompt
+    save_bundle(tmp_path / "b", prompt, {"method": "spul", "task": TaskSpec().to_dict(),
+                                         "base_model": {"spec": "smollm2-135m", "fingerprint": fingerprint(model)}})
+    run_export("smollm2-135m", tmp_path / "onnx", bundle=tmp_path / "b")
+    texts = [r["text"] for r in read_records(SST2 / "test_retain.csv")[:300]]
+    texts += [r["text"] for r in read_records(SST2 / "test_forget.csv")[:220]]
+    ref = PromptedClassifier(model, load_bundle(tmp_path / "b"), tok).predict(texts)
+    got = OnnxPredictor(tmp_path / "onnx", provider="cpu").predict(texts)
+    assert [g["label"] for g in got] == [r["label"] for r in ref]
+    diff = max(abs(g["scores"][w] - r["scores"][w]) for g, r in zip(got, ref, strict=True) for w in g["scores"])
+    assert diff <= 1e-3, diff
