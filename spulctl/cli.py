@@ -384,6 +384,7 @@ def unlearn(
     keep: Annotated[str, typer.Option(help="last | best (by retain acc - forget acc; needs --eval-every).")] = "last",
     tau: Annotated[float, typer.Option(help="Train on this fraction of the forget set.")] = 1.0,
     report_before: Annotated[bool, typer.Option(help="Also score the model without the artifact.")] = True,
+    kernels: Annotated[str, typer.Option(help="auto | triton | torch (fused answer-head loss).")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -405,7 +406,7 @@ def unlearn(
                           checkpoint_every=checkpoint_every, max_steps=max_steps),
         lora=LoraSettings(), full=full, answer_only=not no_answer_only, shared_prefix=not no_shared_prefix,
         cached_reference=not no_cached_reference, eval_limit=eval_limit, retain_limit=retain_limit,
-        eval_every=eval_every, keep=keep, tau=tau, report_before=report_before,
+        eval_every=eval_every, keep=keep, tau=tau, report_before=report_before, kernels=kernels,
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)

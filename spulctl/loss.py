@@ -14,7 +14,7 @@ For each row, ``q`` is the (prompted or fine-tuned) next-token distribution and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spulctl.errors import SpulError
 
@@ -109,3 +109,73 @@ def unlearning_loss(q_logits: torch.Tensor, targets: torch.Tensor, is_forget: to
         l_kl = kl_rows(q_logits[~is_forget, 0], r_logits, w.kl_direction).mean()
     loss = w.forget * l_f + w.retain * l_r + w.kl * l_kl
     return {"loss": loss, "l_f": l_f.detach(), "l_r": l_r.detach(), "l_kl": torch.as_tensor(l_kl).detach()}
+
+
+KERNEL_CHOICES = ("auto", "triton", "torch")
+
+
+def resolve_kernels(choice: str, device: Any) -> str:
+    """``auto`` -> ``triton`` on CUDA when Triton is installed, else ``torch``; check an explicit choice.
+
+    Raises:
+        SpulError: unknown choice, Triton missing, or Triton asked for on CPU without ``TRITON_INTERPRET=1``.
+    """
+    import importlib.util
+    import os
+
+    if choice not in KERNEL_CHOICES:
+        raise SpulError(f"--kernels {choice}: expected one of {', '.join(KERNEL_CHOICES)}")
+    on_cuda = str(device).startswith("cuda")
+    have_triton = importlib.util.find_spec("triton") is not None
+    if choice == "auto":
+        return "triton" if on_cuda and have_triton else "torch"
+    if choice == "triton":
+        if not have_triton:
+            raise SpulError("--kernels triton: Triton is not installed (pip install 'spulctl[kernels]')")
+        if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise SpulError("--kernels triton on CPU runs only under the interpreter: set TRITON_INTERPRET=1")
+    return choice
+
+
+def fused_unlearning_loss(hidden: torch.Tensor, targets: torch.Tensor, is_forget: torch.Tensor,
+                          ref_rows: torch.Tensor | None, head_weight: torch.Tensor,
+                          w: LossWeights) -> dict[str, torch.Tensor]:
+    """:func:`unlearning_loss` through the fused Triton head (logits never materialised).
+
+    Args:
+        hidden: (b, k, d) student hidden rows at the target positions.
+        targets: (b, k) target ids, -100 padded.
+        is_forget: (b,) bool.
+        ref_rows: (m, d) reference hidden rows of the m retain rows (batch order), or None.
+        head_weight: (V, d) frozen output head.
+    """
+    import torch
+
+    from spulctl.kernels.answer_head_loss import answer_head_loss
+
+    b, k, d = hidden.shape
+    valid = targets != -100  # (b, k)
+    n_tok = valid.sum(1).clamp(min=1).float()  # (b,)
+    n_f, n_r = int(is_forget.sum()), int((~is_forget).sum())
+    # fold α/β, the ±1 of gradient ascent and the per-term means into per-row weights
+    row_w = torch.where(is_forget, torch.tensor(w.forget / max(n_f, 1)), torch.tensor(w.retain / max(n_r, 1)))
+    w_ce = (row_w.to(hidden.device) / n_tok).unsqueeze(1).expand(b, k)  # (b, k)
+    ref_idx = torch.full((b, k), -1, dtype=torch.long, device=hidden.device)
+    use_kl = ref_rows is not None and n_r > 0 and w.kl > 0
+    if use_kl:
+        ref_idx[~is_forget, 0] = torch.arange(n_r, device=hidden.device)
+    w_kl = torch.where(ref_idx >= 0, torch.tensor(w.kl / max(n_r, 1), device=hidden.device), 0.0)
+    flat = valid.flatten()
+    h_rows = hidden.reshape(b * k, d)[flat]
+    h_ref = ref_rows if use_kl else hidden.new_zeros(1, d)
+    loss, ce, kl = answer_head_loss(h_rows, h_ref.detach(), head_weight.detach(), targets.flatten()[flat],
+                                    w_ce.flatten()[flat], ref_idx.flatten()[flat], w_kl.flatten()[flat],
+                                    w.kl_direction)
+    # per-term means for logging, from the per-row values the kernel returns
+    row_of = torch.arange(b, device=hidden.device).unsqueeze(1).expand(b, k).flatten()[flat]
+    ce_row = torch.zeros(b, device=hidden.device).index_add(0, row_of, ce) / n_tok
+    zero = ce.new_zeros(())
+    return {"loss": loss,
+            "l_f": ce_row[is_forget].mean().detach() if n_f else zero,
+            "l_r": ce_row[~is_forget].mean().detach() if n_r else zero,
+            "l_kl": (kl.sum() / max(n_r, 1)).detach() if use_kl else zero}

@@ -41,6 +41,7 @@ class UnlearnConfig:
         answer_only, shared_prefix, cached_reference: fast-step switches (all on by default).
         full: baselines fine-tune all weights instead of LoRA.
         eval_limit: records per test split in the before/after report (None = all, 0 = none).
+        kernels: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch`` for the answer-head loss.
         report_before: also score the model without the artifact (the "before" column).
         tau: train on this seeded fraction of the forget set (paper Table 3).
         eval_every: every this many epochs, score held-out slices (``holdout`` of forget and of retain, taken out
@@ -77,6 +78,7 @@ class UnlearnConfig:
     holdout: float = 0.1
     tau: float = 1.0
     report_before: bool = True
+    kernels: str = "auto"
 
     def __post_init__(self) -> None:
         from spulctl.loss import LossWeights
@@ -90,6 +92,10 @@ class UnlearnConfig:
             raise SpulError("unlearn: give --forget FILE or --splits DIR")
         if self.keep not in ("last", "best") or (self.keep == "best" and not self.eval_every):
             raise SpulError(f"--keep {self.keep}: expected last, or best together with --eval-every N")
+        from spulctl.loss import KERNEL_CHOICES
+
+        if self.kernels not in KERNEL_CHOICES:
+            raise SpulError(f"--kernels {self.kernels}: expected one of {', '.join(KERNEL_CHOICES)}")
         if not 0 < self.tau <= 1:
             raise SpulError(f"--tau {self.tau}: must be in (0, 1]")
         if self.eval_every < 0 or not 0 < self.holdout < 1:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spulctl.loss import LossWeights, unlearning_loss
+from spulctl.loss import LossWeights, fused_unlearning_loss, unlearning_loss
 
 if TYPE_CHECKING:
     import torch
@@ -58,15 +58,20 @@ class AnswerObjective:
         head: the output head (maps cached hidden rows to reference logits).
         weights: term weights.
         pad_id: tokenizer pad id.
+        hidden_fn: ``batch -> (b, k, d)`` hidden rows of the model being trained (fused-kernel path).
+        ref_hidden_fn: ``batch -> (b, k, d)`` unprompted hidden rows (fused path without a cached reference).
+        kernels: ``torch`` (the reference loss on logits) or ``triton`` (fused head, logits never built).
     """
 
     def __init__(self, examples: list[Encoded], n_forget: int, params: list[tuple[str, torch.nn.Parameter]],
                  logits_fn: Callable[[Batch], torch.Tensor], ref_hidden: torch.Tensor | None,
                  ref_logits_fn: Callable[[Batch], torch.Tensor] | None, head: nn.Module, weights: LossWeights,
-                 pad_id: int, device: Any) -> None:
+                 pad_id: int, device: Any, hidden_fn: Callable[[Batch], torch.Tensor] | None = None,
+                 ref_hidden_fn: Callable[[Batch], torch.Tensor] | None = None, kernels: str = "torch") -> None:
         self.examples, self.n_forget, self.params = examples, n_forget, params
         self.logits_fn, self.ref_hidden, self.ref_logits_fn = logits_fn, ref_hidden, ref_logits_fn
         self.head, self.weights, self.pad_id, self.device = head, weights, pad_id, device
+        self.hidden_fn, self.ref_hidden_fn, self.kernels = hidden_fn, ref_hidden_fn, kernels
 
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return self.params
@@ -81,6 +86,8 @@ class AnswerObjective:
 
         batch = collate([self.examples[i] for i in indices], self.pad_id, indices).to(self.device)
         is_forget = batch.index < self.n_forget  # (b,)
+        if self.kernels == "triton":
+            return self._fused_loss(batch, is_forget)
         q = self.logits_fn(batch)  # (b, k, V)
         r = None
         if self.weights.kl > 0 and bool((~is_forget).any()):
@@ -92,6 +99,19 @@ class AnswerObjective:
                 with torch.no_grad():
                     r = self.ref_logits_fn(batch)[~is_forget, 0]  # (m, V): a second, unprompted forward
         return unlearning_loss(q, batch.targets, is_forget, r, self.weights)
+
+    def _fused_loss(self, batch: Batch, is_forget: torch.Tensor) -> dict[str, torch.Tensor]:
+        import torch
+
+        ref = None
+        if self.weights.kl > 0 and bool((~is_forget).any()):
+            with torch.no_grad():
+                if self.ref_hidden is not None:
+                    ref = self.ref_hidden[batch.index[~is_forget] - self.n_forget].to(self.device)  # (m, d)
+                else:
+                    ref = self.ref_hidden_fn(batch)[~is_forget, 0]  # (m, d): a second, unprompted forward
+        return fused_unlearning_loss(self.hidden_fn(batch), batch.targets, is_forget, ref, self.head.weight,
+                                     self.weights)
 
 
 def reference_hidden(model: nn.Module, examples: list[Encoded], pad_id: int, cache_file: Path, key: str,

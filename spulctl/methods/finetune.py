@@ -45,8 +45,8 @@ class FineTuneBaseline:
         import torch
         from peft import get_peft_model
 
-        from spulctl.loss import LossWeights
-        from spulctl.step import body_and_head, prompted_logits
+        from spulctl.loss import LossWeights, resolve_kernels
+        from spulctl.step import body_and_head, prompted_hidden, prompted_logits
 
         s, ctx = self.ctx.settings, self.ctx
         device = next(ctx.model.parameters()).device
@@ -71,11 +71,18 @@ class FineTuneBaseline:
             with self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else torch.no_grad():
                 return prompted_logits(self.model, batch, None, opts)
 
+        def reference_hidden_rows(batch):
+            with self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else torch.no_grad():
+                return prompted_hidden(self.model, batch, None, opts)
+
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         return AnswerObjective(examples, n_forget, params,
                                logits_fn=lambda b: prompted_logits(self.model, b, None, opts),
                                ref_hidden=ref, ref_logits_fn=reference_logits, head=head, weights=weights,
-                               pad_id=ctx.tokenizer.pad_token_id, device=device)
+                               pad_id=ctx.tokenizer.pad_token_id, device=device,
+                               hidden_fn=lambda b: prompted_hidden(self.model, b, None, opts),
+                               ref_hidden_fn=reference_hidden_rows,
+                               kernels="torch" if s.full else resolve_kernels(s.kernels, device))
 
     def finished_model(self) -> Any:
         """The unlearned model, LoRA merged."""

@@ -27,9 +27,9 @@ class Spul:
         """Build the soft prompt and the loss over ``examples`` (forget rows first)."""
         import torch
 
-        from spulctl.loss import LossWeights
+        from spulctl.loss import LossWeights, resolve_kernels
         from spulctl.prompt import init_vectors, soft_prompt
-        from spulctl.step import body_and_head, prompted_logits
+        from spulctl.step import body_and_head, prompted_hidden, prompted_logits
 
         s, ctx = self.ctx.settings, self.ctx
         device = next(ctx.model.parameters()).device
@@ -47,7 +47,10 @@ class Spul:
             examples, n_forget, [(f"prompt.{n}", p) for n, p in self.prompt.named_parameters()],
             logits_fn=lambda b: prompted_logits(ctx.model, b, self.prompt(), opts),
             ref_hidden=ref, ref_logits_fn=lambda b: prompted_logits(ctx.model, b, None, opts),
-            head=head, weights=weights, pad_id=ctx.tokenizer.pad_token_id, device=device)
+            head=head, weights=weights, pad_id=ctx.tokenizer.pad_token_id, device=device,
+            hidden_fn=lambda b: prompted_hidden(ctx.model, b, self.prompt(), opts),
+            ref_hidden_fn=lambda b: prompted_hidden(ctx.model, b, None, opts),
+            kernels=resolve_kernels(s.kernels, device))
 
     def forget_targets(self) -> list[list[int]]:
         """SPUL pushes forget rows to a generic label, drawn uniformly per record (seeded)."""
