@@ -34,10 +34,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs a CUDA GPU; on the CPU the kernels run only under TRITON_INTERPRET=1")
     dev, dtype = "cuda", {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    big = torch.empty(2 * 1024**3, dtype=torch.uint8, device=dev)
-    ms = triton.testing.do_bench(lambda: big.clone(), rep=200)
-    bandwidth = 2 * big.numel() / (ms / 1e3)  # read + write, bytes/s
-    del big
+    bandwidth = _bandwidth(torch, triton, dev)
     compiled = torch.compile(answer_head_loss_reference)
     rows = []
     for v, d in HEADS:
@@ -50,17 +47,10 @@ def main() -> None:
             w_ce = torch.full((m,), 1.0 / m, device=dev)
             w_kl = torch.where(ref_idx >= 0, 1.0 / m, 0.0)
             row = {"V": v, "d": d, "M": m}
+            inputs = (h, h_ref, w, targets, w_ce, ref_idx, w_kl)
             for name, fn in (("triton", answer_head_loss), ("eager", answer_head_loss_reference),
                              ("compile", compiled)):
-                def step(fn=fn):
-                    h.grad = None
-                    fn(h, h_ref, w, targets, w_ce, ref_idx, w_kl, "forward")[0].backward()
-                try:
-                    torch.cuda.reset_peak_memory_stats()
-                    t = triton.testing.do_bench(step, rep=args.reps * 10)
-                    row[name] = {"ms": t, "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
-                except torch.OutOfMemoryError:
-                    row[name] = {"ms": None, "peak_mb": None, "error": "out of memory"}
+                row[name] = _time(torch, triton, fn, inputs, args.reps)
             floor_ms = 2 * v * d * w.element_size() / bandwidth * 1e3
             row["floor_ms"] = floor_ms
             if row["triton"]["ms"]:
@@ -72,6 +62,29 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _bandwidth(torch, triton, dev: str) -> float:
+    """Device bandwidth in bytes/s from a large device-to-device copy (read + write)."""
+    big = torch.empty(2 * 1024**3, dtype=torch.uint8, device=dev)
+    ms = triton.testing.do_bench(big.clone, rep=200)
+    return 2 * big.numel() / (ms / 1e3)
+
+
+def _time(torch, triton, fn, inputs: tuple, reps: int) -> dict:
+    """Median ms of forward + backward and peak memory for one implementation."""
+    h = inputs[0]
+
+    def step() -> None:
+        h.grad = None
+        fn(*inputs, "forward")[0].backward()
+
+    try:
+        torch.cuda.reset_peak_memory_stats()
+        t = triton.testing.do_bench(step, rep=reps * 10)
+        return {"ms": t, "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+    except torch.OutOfMemoryError:
+        return {"ms": None, "peak_mb": None, "error": "out of memory"}
 
 
 if __name__ == "__main__":
