@@ -3,7 +3,7 @@
 # Usage: bash tests/run.sh [pytest args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/examples/bootstrap.sh" "split,qlora,plots,export,dev"
+source "$ROOT/examples/bootstrap.sh" "split,qlora,plots,export,kernels,dev"
 cd "$ROOT"
 ruff check spulctl kernels tests benchmarks
-pytest -q "$@"
+TRITON_INTERPRET=1 pytest -q "$@"
