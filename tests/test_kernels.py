@@ -118,3 +118,33 @@ def test_kernel_choice_is_checked():
     assert resolve_kernels("torch", "cuda:0") == "torch"
     with pytest.raises(SpulError, match="--kernels fast"):
         resolve_kernels("fast", "cpu")
+
+
+@pytest.mark.parametrize(("b", "p", "t", "d"), [(3, 30, 17, 576), (2, 5, 9, 72), (1, 1, 1, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prompt_prepend_matches_reference(b, p, t, d, dtype):
+    from spulctl.kernels.prompt_prepend import prompt_prepend, prompt_prepend_reference
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(101, d, generator=g).to(dtype)
+    ids = torch.randint(0, 101, (b, t), generator=g)
+    phi1 = torch.randn(p, d, generator=g).requires_grad_(True)
+    phi2 = phi1.detach().clone().requires_grad_(True)
+    out, ref = prompt_prepend(phi1, emb, ids, dtype), prompt_prepend_reference(phi2, emb, ids, dtype)
+    assert out.dtype == dtype
+    exact = dtype == torch.float32  # bf16: the interpreter's fp32 -> bf16 cast may round differently (1 ulp)
+    torch.testing.assert_close(out, ref, rtol=0 if exact else 1e-2, atol=0 if exact else 1e-2)
+    upstream = torch.randn(b, p + t, d, generator=g).to(dtype)  # non-unit upstream gradient
+    (out.float() * upstream.float()).sum().backward()
+    (ref.float() * upstream.float()).sum().backward()
+    assert phi1.grad.dtype == torch.float32
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(phi1.grad, phi2.grad, rtol=tol, atol=tol)
+
+
+def test_prompt_prepend_shared_path_prepares_only_what_it_needs():
+    from spulctl.kernels.prompt_prepend import prompt_prepend
+
+    emb, ids, phi = torch.randn(11, 8), torch.tensor([[1, 2, 3]]), torch.randn(4, 8)
+    prefix, tokens = prompt_prepend(phi, emb, ids, torch.bfloat16, shared=True)
+    assert prefix.shape == (1, 4, 8) and tokens.shape == (1, 3, 8) and tokens.dtype == torch.bfloat16
