@@ -18,13 +18,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
+
+from _report import finish
 
 
 def main() -> None:
@@ -110,13 +108,7 @@ def main() -> None:
         tok_base = summary["torch-prefix"][bs]["median_ms_per_batch"]
         summary["overhead_vs_unprompted"][bs]["torch-tokens_vs_torch-prefix"] = (
             summary["torch-tokens"][bs]["median_ms_per_batch"] / tok_base - 1)
-    report = {"command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "n_texts": len(texts),
-              "p": int(bundle.prompt.shape[0]), "summary": summary}
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    finish(args.out, summary, threads=torch.get_num_threads(), n_texts=len(texts), p=int(bundle.prompt.shape[0]))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _report import finish
 
 CONFIGS = ("reference", "ours", "ours-no-answer-only", "ours-no-shared-prefix", "ours-no-cached-reference")
 
@@ -214,13 +215,7 @@ def main() -> None:
         summary["speedup"] = ours["samples_per_s_mean"] / ref["samples_per_s_mean"]
         summary["memory_ratio_total"] = ours["peak_rss_mb"] / ref["peak_rss_mb"]
         summary["memory_ratio_above_model"] = ours["peak_above_model_mb"] / ref["peak_above_model_mb"]
-    report = {"command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "threads": args.threads, "settings": vars(args) | {"out": str(args.out)},
-              "runs": results, "summary": summary}
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    finish(args.out, summary, threads=args.threads, settings=vars(args) | {"out": str(args.out)}, runs=results)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,23 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
+    def _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                     BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Student and reference logits of one row over one vocabulary tile, from the same W tile loads."""
+        z = tl.zeros((BLOCK_V,), dtype=tl.float32)
+        y = tl.zeros((BLOCK_V,), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + offs_d
+            dmask = dd < D
+            wt = tl.load(W + vv[:, None] * stride_w + dd[None, :], mask=vmask[:, None] & dmask[None, :],
+                         other=0.0).to(tl.float32)  # (BLOCK_V, BLOCK_D)
+            hv = tl.load(H + m * stride_h + dd, mask=dmask, other=0.0).to(tl.float32)
+            rv = tl.load(HREF + ridx * stride_r + dd, mask=dmask, other=0.0).to(tl.float32)  # row 0 if none
+            z += tl.sum(wt * hv[None, :], axis=1)
+            y += tl.sum(wt * rv[None, :], axis=1)
+        return z, y
+
+    @triton.jit
     def answer_head_loss_kernel(
         H, HREF, W, T, WCE, RIDX, WKL,  # H (M, D), HREF (Mr, D), W (V, D), T/WCE/RIDX/WKL (M,)
         DH, CE, KL,  # outputs: DH (M, D) fp32, CE (M,), KL (M,)
@@ -86,17 +103,8 @@ def _kernel():
         for v0 in range(0, V, BLOCK_V):
             vv = v0 + offs_v
             vmask = vv < V
-            z = tl.zeros((BLOCK_V,), dtype=tl.float32)
-            y = tl.zeros((BLOCK_V,), dtype=tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                dd = d0 + offs_d
-                dmask = dd < D
-                wt = tl.load(W + vv[:, None] * stride_w + dd[None, :], mask=vmask[:, None] & dmask[None, :],
-                             other=0.0).to(tl.float32)  # (BLOCK_V, BLOCK_D)
-                hv = tl.load(H + m * stride_h + dd, mask=dmask, other=0.0).to(tl.float32)
-                rv = tl.load(HREF + ridx * stride_r + dd, mask=dmask, other=0.0).to(tl.float32)  # row 0 if none
-                z += tl.sum(wt * hv[None, :], axis=1)
-                y += tl.sum(wt * rv[None, :], axis=1)
+            z, y = _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                                BLOCK_V, BLOCK_D)
             z = tl.where(vmask, z, -float("inf"))
             y = tl.where(vmask, y, -float("inf"))
             zt += tl.sum(tl.where(vv == target, z, 0.0), axis=0)
@@ -132,17 +140,8 @@ def _kernel():
         for v0 in range(0, V, BLOCK_V):
             vv = v0 + offs_v
             vmask = vv < V
-            z = tl.zeros((BLOCK_V,), dtype=tl.float32)
-            y = tl.zeros((BLOCK_V,), dtype=tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                dd = d0 + offs_d
-                dmask = dd < D
-                wt = tl.load(W + vv[:, None] * stride_w + dd[None, :], mask=vmask[:, None] & dmask[None, :],
-                             other=0.0).to(tl.float32)
-                hv = tl.load(H + m * stride_h + dd, mask=dmask, other=0.0).to(tl.float32)
-                rv = tl.load(HREF + ridx * stride_r + dd, mask=dmask, other=0.0).to(tl.float32)  # row 0 if none
-                z += tl.sum(wt * hv[None, :], axis=1)
-                y += tl.sum(wt * rv[None, :], axis=1)
+            z, y = _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                                BLOCK_V, BLOCK_D)
             lq = z - lse_q
             q = tl.where(vmask, tl.exp(lq), 0.0)
             r = tl.where(vmask, tl.exp(y - lse_r), 0.0)
