@@ -1,0 +1,108 @@
+"""Triton kernels of the fused answer-head loss (imported only when the Triton path runs).
+
+See :mod:`spulctl.kernels.answer_head_loss` for the contract, the launcher and the torch reference.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                 BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Student and reference logits of one row over one vocabulary tile, from the same W tile loads."""
+    z = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    y = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + offs_d
+        dmask = dd < D
+        wt = tl.load(W + vv[:, None] * stride_w + dd[None, :], mask=vmask[:, None] & dmask[None, :],
+                     other=0.0).to(tl.float32)  # (BLOCK_V, BLOCK_D)
+        hv = tl.load(H + m * stride_h + dd, mask=dmask, other=0.0).to(tl.float32)
+        rv = tl.load(HREF + ridx * stride_r + dd, mask=dmask, other=0.0).to(tl.float32)  # row 0 if none
+        z += tl.sum(wt * hv[None, :], axis=1)
+        y += tl.sum(wt * rv[None, :], axis=1)
+    return z, y
+
+@triton.jit
+def answer_head_loss_kernel(
+    H, HREF, W, T, WCE, RIDX, WKL,  # H (M, D), HREF (Mr, D), W (V, D), T/WCE/RIDX/WKL (M,)
+    DH, CE, KL,  # outputs: DH (M, D) fp32, CE (M,), KL (M,)
+    V, D, stride_h, stride_r, stride_w, stride_dh,
+    DIRECTION: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    m = tl.program_id(0)
+    target = tl.load(T + m)
+    ridx = tl.load(RIDX + m)
+    has_r = ridx >= 0
+    ridx = tl.maximum(ridx, 0)
+    w_ce = tl.load(WCE + m)
+    w_kl = tl.load(WKL + m)
+    offs_v = tl.arange(0, BLOCK_V)
+    offs_d = tl.arange(0, BLOCK_D)
+    # pass 1: online log-sum-exp of z (student) and y (reference) + KL accumulators
+    mq = -float("inf")
+    sq = 0.0
+    mr = -float("inf")
+    sr = 0.0
+    acc = 0.0  # forward: Σ exp(y - mr)(y - z); reverse: Σ exp(z - mq)(z - y)
+    zt = 0.0
+    for v0 in range(0, V, BLOCK_V):
+        vv = v0 + offs_v
+        vmask = vv < V
+        z, y = _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                            BLOCK_V, BLOCK_D)
+        z = tl.where(vmask, z, -float("inf"))
+        y = tl.where(vmask, y, -float("inf"))
+        zt += tl.sum(tl.where(vv == target, z, 0.0), axis=0)
+        mq_new = tl.maximum(mq, tl.max(z, axis=0))
+        mr_new = tl.maximum(mr, tl.max(y, axis=0))
+        ez = tl.where(vmask, tl.exp(z - mq_new), 0.0)
+        ey = tl.where(vmask, tl.exp(y - mr_new), 0.0)
+        diff = tl.where(vmask, y - z, 0.0)
+        if DIRECTION == 0:
+            acc = acc * tl.exp(mr - mr_new) + tl.sum(ey * diff, axis=0)
+        else:
+            acc = acc * tl.exp(mq - mq_new) - tl.sum(ez * diff, axis=0)
+        sq = sq * tl.exp(mq - mq_new) + tl.sum(ez, axis=0)
+        sr = sr * tl.exp(mr - mr_new) + tl.sum(ey, axis=0)
+        mq = mq_new
+        mr = mr_new
+    lse_q = mq + tl.log(sq)
+    lse_r = mr + tl.log(sr)
+    ce = tl.where(target >= 0, lse_q - zt, 0.0)
+    if DIRECTION == 0:
+        kl = acc / sr - lse_r + lse_q
+    else:
+        kl = acc / sq - lse_q + lse_r
+    kl = tl.where(has_r, kl, 0.0)
+    tl.store(CE + m, ce)
+    tl.store(KL + m, kl)
+    wk = tl.where(has_r, w_kl, 0.0)
+    wc = tl.where(target >= 0, w_ce, 0.0)
+    # pass 2: g = dloss/dz per vocabulary entry, dh = g @ W (accumulated in DH, one program per row: no atomics)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + offs_d
+        tl.store(DH + m * stride_dh + dd, tl.zeros((BLOCK_D,), dtype=tl.float32), mask=dd < D)
+    for v0 in range(0, V, BLOCK_V):
+        vv = v0 + offs_v
+        vmask = vv < V
+        z, y = _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                            BLOCK_V, BLOCK_D)
+        lq = z - lse_q
+        q = tl.where(vmask, tl.exp(lq), 0.0)
+        r = tl.where(vmask, tl.exp(y - lse_r), 0.0)
+        g = wc * (q - tl.where(vv == target, 1.0, 0.0))
+        if DIRECTION == 0:
+            g += wk * (q - r)
+        else:
+            g += wk * q * (lq - (y - lse_r) - kl)
+        g = tl.where(vmask, g, 0.0)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + offs_d
+            dmask = dd < D
+            wt = tl.load(W + vv[:, None] * stride_w + dd[None, :], mask=vmask[:, None] & dmask[None, :],
+                         other=0.0).to(tl.float32)
+            prev = tl.load(DH + m * stride_dh + dd, mask=dmask, other=0.0)
+            tl.store(DH + m * stride_dh + dd, prev + tl.sum(wt * g[:, None], axis=0), mask=dmask)
+    return
