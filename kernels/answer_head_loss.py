@@ -41,18 +41,19 @@ def answer_head_loss_reference(h: torch.Tensor, h_ref: torch.Tensor, w: torch.Te
     """
     import torch
 
-    z = h.float() @ w.float().t()  # (M, V)
+    ct = torch.promote_types(h.dtype, torch.float32)  # fp32 at least; fp64 inputs stay fp64 (test oracle)
+    z = h.to(ct) @ w.to(ct).t()  # (M, V)
     log_q = z.log_softmax(-1)
     has_t = targets >= 0
     ce = torch.where(has_t, -log_q.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1), torch.zeros_like(w_ce))
     has_r = ref_idx >= 0
-    log_r = (h_ref.float() @ w.float().t()).log_softmax(-1)[ref_idx.clamp(min=0)]  # (M, V)
+    log_r = (h_ref.to(ct) @ w.to(ct).t()).log_softmax(-1)[ref_idx.clamp(min=0)]  # (M, V)
     if direction == "forward":
         kl = (log_r.exp() * (log_r - log_q)).sum(-1)
     else:
         kl = (log_q.exp() * (log_q - log_r)).sum(-1)
     kl = torch.where(has_r, kl, torch.zeros_like(kl))
-    loss = (w_ce.float() * ce).sum() + (w_kl.float() * kl).sum()
+    loss = (w_ce.to(ct) * ce).sum() + (w_kl.to(ct) * kl).sum()
     return loss, ce, kl
 
 
