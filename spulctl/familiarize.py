@@ -190,8 +190,8 @@ def evaluate_splits(model, tok, task: TaskSpec, splits: Path, limit: int | None,
         logits_fn: ``(model, batch) -> (b, k, V)`` scorer (e.g. with a soft prompt); default: the plain model.
         tag: prefix of the progress-bar names (``before``/``after``).
     """
-    from spulctl.data.task import encode, label_vocab
-    from spulctl.evaluate.metrics import predict, summarize
+    from spulctl.data.task import label_vocab
+    from spulctl.evaluate.metrics import score_records
 
     if limit == 0:
         return {}
@@ -202,11 +202,6 @@ def evaluate_splits(model, tok, task: TaskSpec, splits: Path, limit: int | None,
             records = load_split(splits, name)
         except SpulError:
             continue
-        examples = encode(records[:limit] if limit else records, task, tok, vocab)
-        shown = f"{tag} {name}".strip()
-        emit({"kind": "eval-start", "split": shown, "total": len(examples)})
-        pred = predict(model, examples, vocab, tok.pad_token_id, batch_size, logits_fn=logits_fn,
-                       on_batch=lambda n, s=shown: emit({"kind": "eval-step", "split": s, "n": n}))
-        out[name] = summarize(pred)
-        emit({"kind": "eval-done", "split": shown, "metrics": out[name]})
+        out[name] = score_records(model, tok, task, vocab, records[:limit] if limit else records, batch_size, emit,
+                                  f"{tag} {name}".strip(), logits_fn)
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -110,3 +110,17 @@ def summarize(pred: Predictions) -> dict[str, float]:
         "generic_share": 100.0 * float(pred.generic.mean()),
         "off_label_share": 100.0 * float((pred.full == OTHER).mean()),
     }
+
+
+def score_records(model: nn.Module, tok: Any, task: Any, vocab: LabelVocab, rows: list[dict], batch_size: int,
+                  emit: Callable[[dict], None], tag: str, logits_fn: Callable | None = None) -> dict[str, float]:
+    """Encode ``rows``, predict with progress events named ``tag``, and summarise (the loop every report uses)."""
+    from spulctl.data.task import encode
+
+    examples = encode(rows, task, tok, vocab)
+    emit({"kind": "eval-start", "split": tag, "total": len(examples)})
+    pred = predict(model, examples, vocab, tok.pad_token_id, batch_size, logits_fn=logits_fn,
+                   on_batch=lambda n: emit({"kind": "eval-step", "split": tag, "n": n}))
+    metrics = summarize(pred)
+    emit({"kind": "eval-done", "split": tag, "metrics": metrics})
+    return metrics

@@ -66,8 +66,8 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
         subject -> split -> metrics, and (with ``mia``) subject -> membership-inference results.
     """
     from spulctl.bundle import check_fingerprint, load_bundle
-    from spulctl.data.task import TaskSpec, encode, label_vocab
-    from spulctl.evaluate.metrics import predict, summarize
+    from spulctl.data.task import TaskSpec, label_vocab
+    from spulctl.evaluate.metrics import score_records
     from spulctl.evaluate.mia import membership_inference
     from spulctl.familiarize import load_split
     from spulctl.models import load_model
@@ -106,22 +106,13 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
         vocab = label_vocab(task, tok)
         results[subj.name] = {}
         for split, rows in records.items():
-            examples = encode(rows, task, tok, vocab)
-            tag = f"{subj.name} {split}"
-            emit({"kind": "eval-start", "split": tag, "total": len(examples)})
-            pred = predict(model, examples, vocab, tok.pad_token_id, batch_size, logits_fn=scorer,
-                           on_batch=lambda n, t=tag: emit({"kind": "eval-step", "split": t, "n": n}))
-            results[subj.name][split] = summarize(pred)
-            emit({"kind": "eval-done", "split": tag, "metrics": results[subj.name][split]})
+            results[subj.name][split] = score_records(model, tok, task, vocab, rows, batch_size, emit,
+                                                      f"{subj.name} {split}", scorer)
         if mia:
             mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name)
         for probe, rows in (probes or {}).items():
-            examples = encode(rows, task, tok, vocab)
-            tag = f"{subj.name} probe {probe}"
-            emit({"kind": "eval-start", "split": tag, "total": len(examples)})
-            pred = predict(model, examples, vocab, tok.pad_token_id, batch_size, logits_fn=scorer,
-                           on_batch=lambda n, t=tag: emit({"kind": "eval-step", "split": t, "n": n}))
-            results[subj.name][f"probe:{probe}"] = summarize(pred)
+            results[subj.name][f"probe:{probe}"] = score_records(model, tok, task, vocab, rows, batch_size, emit,
+                                                                 f"{subj.name} probe {probe}", scorer)
     return results, mia_results
 
 

@@ -114,6 +114,14 @@ class AnswerObjective:
                                      self.weights)
 
 
+def generic_forget_targets(ctx: UnlearnContext) -> list[list[int]]:
+    """A generic label per forget record, drawn uniformly with the run's seed (SPUL and RL targets)."""
+    import random
+
+    rng = random.Random(ctx.settings.train.seed)
+    return [rng.choice(ctx.vocab.generic_ids) for _ in ctx.forget]
+
+
 def reference_hidden(model: nn.Module, examples: list[Encoded], pad_id: int, cache_file: Path, key: str,
                      batch_size: int, emit: Callable[[dict], None]) -> torch.Tensor:
     """Unprompted final hidden state at each example's answer position, computed once and cached.

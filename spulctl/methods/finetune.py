@@ -8,7 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spulctl.methods.base import AnswerObjective, UnlearnContext, reference_hidden, step_options
+from spulctl.methods.base import (
+    AnswerObjective,
+    UnlearnContext,
+    generic_forget_targets,
+    reference_hidden,
+    step_options,
+)
 
 
 class FineTuneBaseline:
@@ -34,12 +40,7 @@ class FineTuneBaseline:
         self.model = ctx.model
 
     def forget_targets(self) -> list[list[int]] | None:
-        if not self.generic_targets:
-            return None
-        import random
-
-        rng = random.Random(self.ctx.settings.train.seed)
-        return [rng.choice(self.ctx.vocab.generic_ids) for _ in self.ctx.forget]
+        return generic_forget_targets(self.ctx) if self.generic_targets else None
 
     def objective(self, examples, n_forget: int, ref_key: str) -> AnswerObjective:
         import torch

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from spulctl.methods import register
-from spulctl.methods.base import AnswerObjective, UnlearnContext, reference_hidden, step_options
+from spulctl.methods.base import (
+    AnswerObjective,
+    UnlearnContext,
+    generic_forget_targets,
+    reference_hidden,
+    step_options,
+)
 
 
 @register("spul")
@@ -54,10 +60,7 @@ class Spul:
 
     def forget_targets(self) -> list[list[int]]:
         """SPUL pushes forget rows to a generic label, drawn uniformly per record (seeded)."""
-        import random
-
-        rng = random.Random(self.ctx.settings.train.seed)
-        return [rng.choice(self.ctx.vocab.generic_ids) for _ in self.ctx.forget]
+        return generic_forget_targets(self.ctx)
 
     def scorer(self):
         """``(model, batch) -> logits`` for evaluation with the learned prompt."""
