@@ -1,5 +1,9 @@
 """``python -m spulctl``."""
 
-from spulctl.cli import app
+from spulctl._syspath import drop_checkout_root
+
+drop_checkout_root()
+
+from spulctl.cli import app  # noqa: E402
 
 app()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 PROMPT_FILE = "prompt.safetensors"
 META_FILE = "bundle.json"
+COMPILED_FILE = "compiled_prefix.safetensors"
 
 
 class BundleError(SpulError):
@@ -97,6 +98,13 @@ def verify_bundle(folder: str | Path) -> dict[str, Any]:
     if digest != meta["prompt"].get("sha256"):
         raise BundleError(f"{prompt_path}: sha256 {digest[:12]}… does not match bundle.json "
                           f"({str(meta['prompt'].get('sha256'))[:12]}…): the file is corrupted or was replaced")
+    compiled = meta.get("compiled_prefix")
+    if compiled is not None:
+        path = folder / COMPILED_FILE
+        if not path.is_file():
+            raise BundleError(f"{path}: missing (bundle.json lists a compiled prefix)")
+        if sha256_file(path) != compiled.get("sha256"):
+            raise BundleError(f"{path}: sha256 does not match bundle.json: the file is corrupted or was replaced")
     return meta
 
 
@@ -116,6 +124,58 @@ def load_bundle(folder: str | Path) -> Bundle:
         got = None if prompt is None else tuple(prompt.shape)
         raise BundleError(f"{folder / PROMPT_FILE}: prompt tensor shape {got} does not match bundle.json {want}")
     return Bundle(prompt.float(), meta, folder)
+
+
+def compile_into_bundle(folder: str | Path, model: nn.Module, ignore_fingerprint: bool = False,
+                        overwrite: bool = False) -> dict[str, Any]:
+    """Store the prompt's per-layer KV prefix for ``model`` inside the bundle (``compiled_prefix``).
+
+    ``spulctl export`` then reuses it instead of recomputing it, when the base model's fingerprint matches.
+
+    Returns:
+        The ``compiled_prefix`` entry written to ``bundle.json``: file sha256, base fingerprint, layers, p.
+
+    Raises:
+        BundleError: the bundle is for another model, or already holds a compiled prefix and not ``overwrite``.
+    """
+    from safetensors.torch import save_file
+
+    from spulctl.export.onnx_export import compile_prefix
+    from spulctl.models import fingerprint
+
+    bundle = load_bundle(folder)
+    folder = Path(folder)
+    check_fingerprint(bundle, model, ignore_fingerprint)
+    if bundle.meta.get("compiled_prefix") is not None and not overwrite:
+        raise BundleError(f"{folder}: already holds a compiled prefix (pass --overwrite to replace it)")
+    prefix = compile_prefix(model, bundle.prompt)
+    tmp = folder / f".{COMPILED_FILE}.tmp"
+    save_file({f"layer.{i}.{kind}": t for i, kv in enumerate(prefix) for kind, t in zip(("key", "value"), kv,
+                                                                                         strict=True)},
+              str(tmp), metadata={"format": "spulctl"})
+    tmp.replace(folder / COMPILED_FILE)
+    entry = {"file": COMPILED_FILE, "sha256": sha256_file(folder / COMPILED_FILE), "fingerprint": fingerprint(model),
+             "layers": len(prefix), "shape": list(prefix[0][0].shape), "dtype": "float32"}
+    write_json_atomic(folder / META_FILE, {**bundle.meta, "compiled_prefix": entry})
+    return entry
+
+
+def load_compiled_prefix(bundle: Bundle, model_fingerprint: str) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The bundle's compiled prefix if it has one for this base model (else None); hash checked at load.
+
+    Returns:
+        Per layer (key, value), each (1, kv_heads, p, head_dim) fp32.
+    """
+    from safetensors.torch import load_file
+
+    entry = bundle.meta.get("compiled_prefix")
+    if entry is None or entry.get("fingerprint") != model_fingerprint:
+        return None
+    tensors = load_file(str(bundle.path / COMPILED_FILE))
+    try:
+        return [(tensors[f"layer.{i}.key"], tensors[f"layer.{i}.value"]) for i in range(entry["layers"])]
+    except KeyError as exc:
+        raise BundleError(f"{bundle.path / COMPILED_FILE}: tensor {exc.args[0]} missing") from None
 
 
 def check_fingerprint(bundle: Bundle, model: nn.Module, ignore: bool = False) -> None:

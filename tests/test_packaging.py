@@ -56,3 +56,12 @@ def test_repo_root_kernels_folder_refuses_the_top_level_name():
     done = subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True, text=True, cwd=root)
     assert done.returncode != 0
     assert "import it as spulctl.kernels" in done.stderr
+
+
+def test_python_dash_m_from_the_checkout_root_loads_models(tiny_model_dir: Path, demo_splits: Path):
+    """Regression: the checkout root on sys.path made transformers' probe for PyPI `kernels` import our folder."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "spulctl", "eval", str(demo_splits), "--model", str(tiny_model_dir),
+                           "--limit", "2"], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "test_forget" in done.stdout

@@ -1,4 +1,10 @@
-"""ONNX Runtime predictor for an export directory (CUDA execution provider when present, CPU otherwise)."""
+"""ONNX Runtime predictor for an export directory (CUDA execution provider when present, CPU otherwise).
+
+Runs go through IOBinding on either provider: the token arrays are bound from host memory, the outputs are
+allocated on the provider's device and copied back once. For an export whose prefix is a graph input
+(``spulctl export --prefix inputs``) the per-layer keys/values are placed on the device once, at load, and bound to
+every run, so they never cross the host/device boundary again.
+"""
 
 from __future__ import annotations
 
@@ -67,6 +73,8 @@ class OnnxPredictor:
             raise ExportError(f"--provider {provider}: not available (onnxruntime has {', '.join(available)})")
         self.session = ort.InferenceSession(str(self.folder / MODEL_FILE), providers=wanted)
         self.provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
+        self.prefix_values = self._bound_prefix(ort) if self.manifest.get("prefix") == "inputs" else {}
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         t = self.manifest["task"]
         self.task = TaskSpec(template=t["template"], label_words=tuple(t["label_words"]),
@@ -74,6 +82,42 @@ class OnnxPredictor:
         self.batch_size = batch_size
         self.label_first = self.manifest["label_first_ids"]
         self.generic_first = dict(zip(self.manifest["generic_first_ids"], self.task.generic_labels, strict=True))
+
+    def _bound_prefix(self, ort: Any) -> dict[str, Any]:
+        """The prefix keys/values as OrtValues on the provider's device, keyed by graph input name."""
+        from safetensors.numpy import load_file
+
+        from spulctl.export.onnx_export import PREFIX_FILE, prefix_input_names
+
+        tensors = load_file(str(self.folder / PREFIX_FILE))
+        n_layers = len(tensors) // 2
+        names = prefix_input_names(n_layers)
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        if not set(names) <= graph_inputs:
+            raise ExportError(f"{self.folder / PREFIX_FILE}: {n_layers} layers, but the graph's prefix inputs differ")
+        arrays = [tensors[f"layer.{i}.{kind}"] for i in range(n_layers) for kind in ("key", "value")]
+        return {name: ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for name, a in zip(names, arrays,
+                                                                                           strict=True)}
+
+    def run(self, feed: dict[str, Any]) -> tuple[Any, Any]:
+        """One batch through the graph with IOBinding.
+
+        Args:
+            feed: ``input_ids``/``attention_mask`` (b, t) int64 and ``answer_pos`` (b,) int64 numpy arrays.
+
+        Returns:
+            ``(label_logprobs, top1)``: (b, L) fp32 and (b,) int64 numpy arrays.
+        """
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, array)
+        for name, value in self.prefix_values.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in ("label_logprobs", "top1"):
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        logp, top1 = binding.copy_outputs_to_cpu()
+        return logp, top1
 
     def _inputs(self, texts: list[str]) -> dict[str, Any]:
         import numpy as np
@@ -91,17 +135,15 @@ class OnnxPredictor:
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Per text: ``label`` (label word, generic label, or None), ``top1`` token id, ``scores`` per label word."""
-        out = []
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together
         results: dict[int, dict[str, Any]] = {}
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            logp, top1 = self.session.run(None, self._inputs([texts[i] for i in idx]))
+            logp, top1 = self.run(self._inputs([texts[i] for i in idx]))
             for row, i in enumerate(idx):
                 tok = int(top1[row])
                 label = (self.task.label_words[self.label_first.index(tok)] if tok in self.label_first
                          else self.generic_first.get(tok))
                 results[i] = {"text": texts[i], "label": label, "top1": tok,
                               "scores": {w: float(v) for w, v in zip(self.task.label_words, logp[row], strict=True)}}
-        out = [results[i] for i in range(len(texts))]
-        return out
+        return [results[i] for i in range(len(texts))]
