@@ -10,8 +10,13 @@ Inputs are the hidden rows at the answer positions only (never the (b, t, V) log
 
 The kernel makes two passes over W per row: pass 1 keeps online log-sum-exps (fp32) of student and reference and
 the KL accumulators; pass 2 recomputes the logits tile by tile and forms ∂loss/∂h directly (no ∂W: W is frozen),
-so the backward of the autograd.Function is a scale. One program per row; the student and reference logits of a
-row come from the same loaded W tile.
+so the backward of the autograd.Function is a scale. The student and reference logits of a row come from the same
+loaded W tile.
+
+Grid: one program per row when there are enough rows to fill the GPU. For few rows (M < 128) the vocabulary is
+also split across programs (row, split): a stats kernel writes each split's online-softmax state, the host combines
+the (M, S) partials with tensor ops (log-sum-exp merge, no atomics, no host sync), a gradient kernel writes each
+split's share of ∂loss/∂h into (M, S, d) and a sum over S finishes it — deterministic for a given S.
 
 Anatomy: ``@triton.jit`` kernel + host launcher + ``autograd.Function`` + the torch reference beside them.
 """
@@ -57,10 +62,13 @@ def answer_head_loss_reference(h: torch.Tensor, h_ref: torch.Tensor, w: torch.Te
     return loss, ce, kl
 
 
-def _kernel():
-    from spulctl.kernels.answer_head_loss_triton import answer_head_loss_kernel
+SPLIT_BELOW_ROWS = 128
 
-    return answer_head_loss_kernel
+
+def _kernel():
+    from spulctl.kernels import answer_head_loss_triton
+
+    return answer_head_loss_triton
 
 
 _KERNEL = None
@@ -73,9 +81,27 @@ def _blocks() -> tuple[int, int]:
     return (2048, 512) if os.environ.get("TRITON_INTERPRET") == "1" else (256, 64)
 
 
+def auto_splits(m: int, v: int, block_v: int, device) -> int:
+    """Vocabulary splits S for M rows: 1 when M ≥ 128 (or off CUDA); else enough programs for ~2 per SM."""
+    import torch
+
+    if m >= SPLIT_BELOW_ROWS or getattr(device, "type", str(device)) != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min((v + block_v - 1) // block_v, (2 * sms + m - 1) // m))
+
+
 def answer_head_loss_triton(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction: str = "forward",
-                            block_v: int | None = None, block_d: int | None = None):
-    """Launch the kernel; returns ``(loss, ce, kl, dh)`` with dh = ∂loss/∂h in fp32, (M, d)."""
+                            block_v: int | None = None, block_d: int | None = None, splits: int | None = None,
+                            want_grad: bool = True):
+    """Launch the kernel(s); returns ``(loss, ce, kl, dh)`` with dh = ∂loss/∂h in fp32, (M, d).
+
+    Args:
+        splits: vocabulary splits S (None: :func:`auto_splits`); S > 1 takes the split-V path.
+        want_grad: False skips the gradient pass (one pass over W); ``dh`` is then None.
+    """
+    import math
+
     import torch
 
     default_v, default_d = _blocks()
@@ -88,15 +114,57 @@ def answer_head_loss_triton(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction
     h, h_ref, w = h.contiguous(), h_ref.contiguous(), w.contiguous()
     if h_ref.numel() == 0:
         h_ref = h.new_zeros(1, d)
-    dh = torch.empty(m, d, device=h.device, dtype=torch.float32)
-    ce = torch.empty(m, device=h.device, dtype=torch.float32)
-    kl = torch.empty(m, device=h.device, dtype=torch.float32)
-    _KERNEL[(m,)](h, h_ref, w, targets.to(torch.int64).contiguous(), w_ce.float().contiguous(),
-                  ref_idx.to(torch.int64).contiguous(), w_kl.float().contiguous(), dh, ce, kl, v, d,
-                  h.stride(0), h_ref.stride(0), w.stride(0), dh.stride(0),
-                  DIRECTION=KL_CODES[direction], BLOCK_V=block_v, BLOCK_D=block_d)
-    loss = (w_ce.float() * ce).sum() + (w_kl.float() * kl).sum()
+    targets, ref_idx = targets.to(torch.int64).contiguous(), ref_idx.to(torch.int64).contiguous()
+    w_ce, w_kl = w_ce.float().contiguous(), w_kl.float().contiguous()
+    code = KL_CODES[direction]
+    splits = auto_splits(m, v, block_v, h.device) if splits is None else splits
+    per_split = math.ceil(v / max(1, splits))
+    chunk = math.ceil(per_split / block_v) * block_v  # ceil(V / S) rounded up to whole tiles
+    splits = math.ceil(v / chunk)  # every split holds at least one vocabulary entry
+    if splits == 1:
+        dh = torch.empty(m if want_grad else 1, d, device=h.device, dtype=torch.float32)
+        ce = torch.empty(m, device=h.device, dtype=torch.float32)
+        kl = torch.empty(m, device=h.device, dtype=torch.float32)
+        _KERNEL.answer_head_loss_kernel[(m,)](h, h_ref, w, targets, w_ce, ref_idx, w_kl, dh, ce, kl, v, d,
+                                              h.stride(0), h_ref.stride(0), w.stride(0), dh.stride(0),
+                                              DIRECTION=code, BLOCK_V=block_v, BLOCK_D=block_d, WANT_GRAD=want_grad)
+        dh = dh if want_grad else None
+    else:
+        ce, kl, dh = _split_v(h, h_ref, w, targets, w_ce, ref_idx, w_kl, code, splits, chunk, block_v, block_d,
+                              want_grad)
+    loss = (w_ce * ce).sum() + (w_kl * kl).sum()
     return loss, ce, kl, dh
+
+
+def _split_v(h, h_ref, w, targets, w_ce, ref_idx, w_kl, code, splits, chunk, block_v, block_d, want_grad=True):
+    """Split-V path: stats kernel → merge of the (M, S) partials → gradient kernel → sum of (M, S, d) over S."""
+    import torch
+
+    m, d = h.shape
+    v = w.shape[0]
+    parts = [torch.empty(m, splits, device=h.device, dtype=torch.float32) for _ in range(6)]
+    strides = (h.stride(0), h_ref.stride(0), w.stride(0))
+    _KERNEL.answer_head_stats_kernel[(m, splits)](h, h_ref, w, targets, ref_idx, *parts, v, d, splits, chunk,
+                                                  *strides, DIRECTION=code, BLOCK_V=block_v, BLOCK_D=block_d)
+    mq_s, sq_s, mr_s, sr_s, acc_s, zt_s = parts
+    mq, mr = mq_s.amax(1, keepdim=True), mr_s.amax(1, keepdim=True)
+    sq, sr = (sq_s * (mq_s - mq).exp()).sum(1), (sr_s * (mr_s - mr).exp()).sum(1)
+    lse_q, lse_r = mq.squeeze(1) + sq.log(), mr.squeeze(1) + sr.log()
+    if code == 0:  # forward KL(r‖q): accumulators are relative to the reference maximum
+        kl = (acc_s * (mr_s - mr).exp()).sum(1) / sr - lse_r + lse_q
+    else:
+        kl = (acc_s * (mq_s - mq).exp()).sum(1) / sq - lse_q + lse_r
+    has_t, has_r = targets >= 0, ref_idx >= 0
+    ce = torch.where(has_t, lse_q - zt_s.sum(1), torch.zeros_like(lse_q))
+    kl = torch.where(has_r, kl, torch.zeros_like(kl))
+    if not want_grad:
+        return ce, kl, None
+    wc, wk = torch.where(has_t, w_ce, 0.0).contiguous(), torch.where(has_r, w_kl, 0.0).contiguous()
+    dh_parts = torch.empty(m, splits, d, device=h.device, dtype=torch.float32)
+    _KERNEL.answer_head_grad_kernel[(m, splits)](h, h_ref, w, targets, ref_idx, wc, wk, lse_q.contiguous(),
+                                                 lse_r.contiguous(), kl.contiguous(), dh_parts, v, d, splits, chunk,
+                                                 *strides, DIRECTION=code, BLOCK_V=block_v, BLOCK_D=block_d)
+    return ce, kl, dh_parts.sum(1)
 
 
 def _function():
@@ -106,8 +174,9 @@ def _function():
         """Autograd wrapper: the gradient w.r.t. h was formed in the forward pass; backward only scales it."""
 
         @staticmethod
-        def forward(ctx, h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction):
-            loss, ce, kl, dh = answer_head_loss_triton(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction)
+        def forward(ctx, h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction, splits, block_v):
+            loss, ce, kl, dh = answer_head_loss_triton(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction,
+                                                       block_v=block_v, splits=splits)
             ctx.save_for_backward(dh)
             ctx.h_dtype = h.dtype
             ctx.mark_non_differentiable(ce, kl)
@@ -116,7 +185,7 @@ def _function():
         @staticmethod
         def backward(ctx, grad_loss, _grad_ce, _grad_kl):
             (dh,) = ctx.saved_tensors
-            return (dh * grad_loss).to(ctx.h_dtype), None, None, None, None, None, None, None
+            return (dh * grad_loss).to(ctx.h_dtype), None, None, None, None, None, None, None, None, None
 
     return AnswerHeadLoss
 
@@ -124,9 +193,33 @@ def _function():
 _FUNCTION = None
 
 
-def answer_head_loss(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction: str = "forward"):
-    """Differentiable fused loss (Triton); same signature and results as :func:`answer_head_loss_reference`."""
+def answer_head_ce(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Forward-only per-row cross-entropy ``lse(W·h_m) − (W·h_m)[target_m]`` without materialising logits.
+
+    Args:
+        h: (M, d) hidden rows. w: (V, d) output head. targets: (M,) token ids (-1: row skipped, CE 0).
+
+    Returns:
+        (M,) fp32 CE (= −log-probability of the target over the whole vocabulary).
+    """
+    import torch
+
+    if h.shape[0] == 0:
+        return h.new_zeros(0, dtype=torch.float32)
+    zeros = torch.zeros(h.shape[0], device=h.device)
+    no_ref = torch.full((h.shape[0],), -1, device=h.device, dtype=torch.int64)
+    _, ce, _, _ = answer_head_loss_triton(h, h[:1], w, targets, zeros, no_ref, zeros, want_grad=False)
+    return ce
+
+
+def answer_head_loss(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction: str = "forward", *,
+                     splits: int | None = None, block_v: int | None = None):
+    """Differentiable fused loss (Triton); same signature and results as :func:`answer_head_loss_reference`.
+
+    ``splits``/``block_v`` override the launch configuration (tests, benchmarks); results do not depend on them
+    beyond fp32 rounding.
+    """
     global _FUNCTION
     if _FUNCTION is None:
         _FUNCTION = _function()
-    return _FUNCTION.apply(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction)
+    return _FUNCTION.apply(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction, splits, block_v)

@@ -29,7 +29,7 @@ def answer_head_loss_kernel(
     H, HREF, W, T, WCE, RIDX, WKL,  # H (M, D), HREF (Mr, D), W (V, D), T/WCE/RIDX/WKL (M,)
     DH, CE, KL,  # outputs: DH (M, D) fp32, CE (M,), KL (M,)
     V, D, stride_h, stride_r, stride_w, stride_dh,
-    DIRECTION: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    DIRECTION: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, WANT_GRAD: tl.constexpr = True,
 ):
     m = tl.program_id(0)
     target = tl.load(T + m)
@@ -80,13 +80,116 @@ def answer_head_loss_kernel(
     tl.store(KL + m, kl)
     wk = tl.where(has_r, w_kl, 0.0)
     wc = tl.where(target >= 0, w_ce, 0.0)
-    # pass 2: g = dloss/dz per vocabulary entry, dh = g @ W (accumulated in DH, one program per row: no atomics)
+    if WANT_GRAD:  # forward-only callers (evaluation) skip the second pass over W
+        # pass 2: g = dloss/dz per vocabulary entry, dh = g @ W (accumulated in DH, one program per row: no atomics)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + offs_d
+            tl.store(DH + m * stride_dh + dd, tl.zeros((BLOCK_D,), dtype=tl.float32), mask=dd < D)
+        for v0 in range(0, V, BLOCK_V):
+            vv = v0 + offs_v
+            vmask = vv < V
+            z, y = _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                                BLOCK_V, BLOCK_D)
+            lq = z - lse_q
+            q = tl.where(vmask, tl.exp(lq), 0.0)
+            r = tl.where(vmask, tl.exp(y - lse_r), 0.0)
+            g = wc * (q - tl.where(vv == target, 1.0, 0.0))
+            if DIRECTION == 0:
+                g += wk * (q - r)
+            else:
+                g += wk * q * (lq - (y - lse_r) - kl)
+            g = tl.where(vmask, g, 0.0)
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + offs_d
+                dmask = dd < D
+                wt = tl.load(W + vv[:, None] * stride_w + dd[None, :], mask=vmask[:, None] & dmask[None, :],
+                             other=0.0).to(tl.float32)
+                prev = tl.load(DH + m * stride_dh + dd, mask=dmask, other=0.0)
+                tl.store(DH + m * stride_dh + dd, prev + tl.sum(wt * g[:, None], axis=0), mask=dmask)
+    return
+
+
+# --- split-V path for few rows: programs (row, vocabulary split), partials reduced deterministically by the host ---
+
+
+@triton.jit
+def answer_head_stats_kernel(
+    H, HREF, W, T, RIDX,  # H (M, D), HREF (Mr, D), W (V, D), T/RIDX (M,)
+    MQ, SQ, MR, SR, ACC, ZT,  # outputs (M, S) fp32: per-split online-softmax state of student/reference, KL acc
+    V, D, S, CHUNK, stride_h, stride_r, stride_w,
+    DIRECTION: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    m = tl.program_id(0)
+    s = tl.program_id(1)
+    target = tl.load(T + m)
+    ridx = tl.maximum(tl.load(RIDX + m), 0)
+    offs_v = tl.arange(0, BLOCK_V)
+    offs_d = tl.arange(0, BLOCK_D)
+    start = s * CHUNK
+    end = tl.minimum(start + CHUNK, V)
+    mq = -float("inf")
+    sq = 0.0
+    mr = -float("inf")
+    sr = 0.0
+    acc = 0.0
+    zt = 0.0
+    for v0 in range(start, end, BLOCK_V):
+        vv = v0 + offs_v
+        vmask = vv < end
+        z, y = _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                            BLOCK_V, BLOCK_D)
+        z = tl.where(vmask, z, -float("inf"))
+        y = tl.where(vmask, y, -float("inf"))
+        zt += tl.sum(tl.where(vv == target, z, 0.0), axis=0)
+        mq_new = tl.maximum(mq, tl.max(z, axis=0))
+        mr_new = tl.maximum(mr, tl.max(y, axis=0))
+        ez = tl.where(vmask, tl.exp(z - mq_new), 0.0)
+        ey = tl.where(vmask, tl.exp(y - mr_new), 0.0)
+        diff = tl.where(vmask, y - z, 0.0)
+        if DIRECTION == 0:
+            acc = acc * tl.exp(mr - mr_new) + tl.sum(ey * diff, axis=0)
+        else:
+            acc = acc * tl.exp(mq - mq_new) - tl.sum(ez * diff, axis=0)
+        sq = sq * tl.exp(mq - mq_new) + tl.sum(ez, axis=0)
+        sr = sr * tl.exp(mr - mr_new) + tl.sum(ey, axis=0)
+        mq = mq_new
+        mr = mr_new
+    i = m * S + s
+    tl.store(MQ + i, mq)
+    tl.store(SQ + i, sq)
+    tl.store(MR + i, mr)
+    tl.store(SR + i, sr)
+    tl.store(ACC + i, acc)
+    tl.store(ZT + i, zt)
+
+
+@triton.jit
+def answer_head_grad_kernel(
+    H, HREF, W, T, RIDX, WC, WK, LSEQ, LSER, KLV,  # per row (M,): effective weights, log-sum-exps, KL
+    DHP,  # output (M, S, D) fp32: this split's share of dloss/dh
+    V, D, S, CHUNK, stride_h, stride_r, stride_w,
+    DIRECTION: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    m = tl.program_id(0)
+    s = tl.program_id(1)
+    target = tl.load(T + m)
+    ridx = tl.maximum(tl.load(RIDX + m), 0)
+    wc = tl.load(WC + m)
+    wk = tl.load(WK + m)
+    lse_q = tl.load(LSEQ + m)
+    lse_r = tl.load(LSER + m)
+    kl = tl.load(KLV + m)
+    offs_v = tl.arange(0, BLOCK_V)
+    offs_d = tl.arange(0, BLOCK_D)
+    out = DHP + (m * S + s) * D
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + offs_d
-        tl.store(DH + m * stride_dh + dd, tl.zeros((BLOCK_D,), dtype=tl.float32), mask=dd < D)
-    for v0 in range(0, V, BLOCK_V):
+        tl.store(out + dd, tl.zeros((BLOCK_D,), dtype=tl.float32), mask=dd < D)
+    start = s * CHUNK
+    end = tl.minimum(start + CHUNK, V)
+    for v0 in range(start, end, BLOCK_V):
         vv = v0 + offs_v
-        vmask = vv < V
+        vmask = vv < end
         z, y = _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
                             BLOCK_V, BLOCK_D)
         lq = z - lse_q
@@ -103,6 +206,5 @@ def answer_head_loss_kernel(
             dmask = dd < D
             wt = tl.load(W + vv[:, None] * stride_w + dd[None, :], mask=vmask[:, None] & dmask[None, :],
                          other=0.0).to(tl.float32)
-            prev = tl.load(DH + m * stride_dh + dd, mask=dmask, other=0.0)
-            tl.store(DH + m * stride_dh + dd, prev + tl.sum(wt * g[:, None], axis=0), mask=dmask)
-    return
+            prev = tl.load(out + dd, mask=dmask, other=0.0)
+            tl.store(out + dd, prev + tl.sum(wt * g[:, None], axis=0), mask=dmask)

@@ -197,6 +197,8 @@ def eval_(
     mia: Annotated[bool, typer.Option("--mia", help="Run membership inference (loss, Min-k% prob).")] = False,
     plots: Annotated[Path | None, typer.Option(help="Write tsne.png and tradeoff.png here.")] = None,
     robustness: Annotated[bool, typer.Option("--robustness", help="Score rewritten forget queries too.")] = False,
+    kernels: Annotated[str, typer.Option(help="auto | triton | torch (fused head for the MIA token scores).")]
+    = "auto",
     junit: Annotated[Path | None, typer.Option(help="Write the gates as JUnit XML here.")] = None,
     ignore_fingerprint: Annotated[bool, typer.Option("--ignore-fingerprint")] = False,
     overwrite: OverwriteOpt = False,
@@ -214,7 +216,7 @@ def eval_(
     with RichEvents(console) as events:
         report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
-                          mia=mia, plots=plots, robustness=robustness, on_event=events)
+                          mia=mia, plots=plots, robustness=robustness, kernels=kernels, on_event=events)
     table = Table("subject", *[f"{s} %" for s in ("train_retain ↑", "train_forget ↓", "test_retain ↑",
                                                   "test_forget ↓")], title="accuracy (Δ vs model)")
     for name, per in report["results"].items():

@@ -143,11 +143,15 @@ class StepOptions:
         answer_only: apply the output head to answer rows only (never build (b, t, V) logits).
         shared_prefix: run the p prompt positions once per step and feed their keys/values to the whole batch.
         cached_reference: take the unprompted reference from cached hidden rows instead of a second forward.
+        prepend_kernel: build the prompted input with the fused Triton ``prompt_prepend`` (``--kernels triton``):
+            one (b, p + t, d) buffer and a deterministic ∂φ reduction on the concatenate path; on the
+            shared-prefix path it prepares only φ in the compute dtype and the gathered token embeddings.
     """
 
     answer_only: bool = True
     shared_prefix: bool = True
     cached_reference: bool = True
+    prepend_kernel: bool = False
 
 
 def prompt_prefix_cache(model: nn.Module, prompt: torch.Tensor, batch_size: int) -> Any:
@@ -169,7 +173,8 @@ def prompt_prefix_cache(model: nn.Module, prompt: torch.Tensor, batch_size: int)
     return DynamicCache(ddp_cache_data=shared, config=body.config)
 
 
-def _prompted_states(model: nn.Module, batch: Batch, prompt: torch.Tensor, shared_prefix: bool):
+def _prompted_states(model: nn.Module, batch: Batch, prompt: torch.Tensor, shared_prefix: bool,
+                     prepend_kernel: bool = False):
     """Run the body with the prompt; return final hidden states and the offset of the real tokens in them.
 
     Returns:
@@ -180,9 +185,20 @@ def _prompted_states(model: nn.Module, batch: Batch, prompt: torch.Tensor, share
 
     body, _ = body_and_head(model)
     b, p = batch.input_ids.shape[0], prompt.shape[0]
+    mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)  # (b, p + t)
+    table = body.get_input_embeddings().weight  # (V, d), frozen
+    if prepend_kernel:
+        from spulctl.kernels.prompt_prepend import prompt_prepend
+
+        if shared_prefix:
+            prompt, embeds = prompt_prepend(prompt, table, batch.input_ids, table.dtype, shared=True)
+            cache = prompt_prefix_cache(model, prompt[0], b)
+            out = body(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True)
+            return out.last_hidden_state, 0
+        full = prompt_prepend(prompt, table, batch.input_ids, table.dtype)  # (b, p + t, d)
+        return body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
     embeds = body.get_input_embeddings()(batch.input_ids)  # (b, t, d)
     prompt = prompt.to(embeds.dtype)
-    mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)  # (b, p + t)
     if shared_prefix:
         cache = prompt_prefix_cache(model, prompt, b)
         out = body(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True)
@@ -204,7 +220,8 @@ def prompted_hidden(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
     """
     if prompt is None:
         return answer_hidden(model, batch)
-    hidden, offset = _prompted_states(model, batch, prompt, (opts or StepOptions()).shared_prefix)
+    opts = opts or StepOptions()
+    hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix, opts.prepend_kernel)
     idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (b, k, d)
     return hidden.gather(1, idx)
 
@@ -220,7 +237,7 @@ def prompted_logits(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
     if prompt is None:
         hidden, offset = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state, 0
     else:
-        hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix)
+        hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix, opts.prepend_kernel)
     logits = head(hidden)  # (b, t', V)
     idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
     return logits.gather(1, idx).float()

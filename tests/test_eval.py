@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,33 @@ def test_token_logprobs_match_full_logits(tiny_model_dir: Path):
     ref = full[:, :-1].gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     mask = batch.attention_mask[:, 1:].bool()
     torch.testing.assert_close(fast[mask], ref[mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU needs TRITON_INTERPRET=1")
+def test_token_logprobs_through_the_fused_head_match_torch(tiny_model_dir: Path, demo_splits: Path, bundle: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spulctl.bundle import load_bundle
+    from spulctl.data.demo import demo_records
+    from spulctl.data.task import TaskSpec, encode
+    from spulctl.evaluate.mia import token_logprobs
+    from spulctl.step import collate
+
+    pytest.importorskip("triton")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = collate(encode(demo_records(2), TaskSpec(), tok), tok.pad_token_id)
+    prompt = load_bundle(bundle).prompt
+    mask = batch.attention_mask[:, 1:].bool()
+    with torch.no_grad():
+        for phi in (None, prompt):
+            fused = token_logprobs(model, batch, phi, kernels="triton")
+            ref = token_logprobs(model, batch, phi, kernels="torch")
+            torch.testing.assert_close(fused[mask], ref[mask], rtol=1e-5, atol=1e-5)
+    bad = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--limit", "2", "--mia",
+                              "--kernels", "cuda"])
+    assert bad.exit_code == 2 and "--kernels cuda" in bad.output
 
 
 def test_plots_are_pngs(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):

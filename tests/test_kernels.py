@@ -57,6 +57,40 @@ def test_fp32_forward_and_grad_match_reference(m, v, d, direction, kind):
     assert rel <= 1e-5, float(rel)
 
 
+@pytest.mark.parametrize(("m", "v", "d", "splits", "block_v", "direction"), [
+    (3, 49152, 576, 5, None, "forward"), (37, 1271, 72, 3, 256, "forward"), (37, 1271, 72, 3, 256, "reverse")])
+def test_split_v_matches_reference_and_is_deterministic(m, v, d, splits, block_v, direction):
+    from spulctl.kernels.answer_head_loss import answer_head_loss_triton
+
+    h, h_ref, w, targets, w_ce, ref_idx, w_kl = _inputs(m, v, d, "mixed", torch.float32, seed=3)
+    h1 = h.clone().requires_grad_(True)
+    loss, ce, kl = answer_head_loss(h1, h_ref, w, targets, w_ce, ref_idx, w_kl, direction, splits=splits,
+                                    block_v=block_v)
+    (loss * 0.6).backward()
+    h2 = h.double().requires_grad_(True)
+    ref_loss, ref_ce, ref_kl = answer_head_loss_reference(h2, h_ref.double(), w.double(), targets, w_ce.double(),
+                                                          ref_idx, w_kl.double(), direction)
+    (ref_loss * 0.6).backward()
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ce.double(), ref_ce, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kl.double(), ref_kl, rtol=1e-5, atol=1e-5)
+    rel = (h1.grad.double() - h2.grad).abs().max() / h2.grad.abs().max()
+    assert rel <= 1e-5, float(rel)
+    # the partials are reduced in a fixed order: a second launch is bit-identical
+    again = answer_head_loss_triton(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction, block_v=block_v,
+                                    splits=splits)
+    first = answer_head_loss_triton(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction, block_v=block_v,
+                                    splits=splits)
+    assert all(torch.equal(a, b) for a, b in zip(again, first, strict=True))
+
+
+def test_auto_splits_only_on_cuda_and_for_few_rows():
+    from spulctl.kernels.answer_head_loss import auto_splits
+
+    assert auto_splits(8, 49152, 256, torch.device("cpu")) == 1
+    assert auto_splits(4096, 49152, 256, "cuda") == 1  # enough rows: one program per row, no device query
+
+
 def test_bf16_inputs_within_1e2():
     h, h_ref, w, targets, w_ce, ref_idx, w_kl = _inputs(9, 1271, 72, "mixed", torch.bfloat16)
     h1 = h.clone().requires_grad_(True)
@@ -151,3 +185,28 @@ def test_prompt_prepend_shared_path_prepares_only_what_it_needs():
     emb, ids, phi = torch.randn(11, 8), torch.tensor([[1, 2, 3]]), torch.randn(4, 8)
     prefix, tokens = prompt_prepend(phi, emb, ids, torch.bfloat16, shared=True)
     assert prefix.shape == (1, 4, 8) and tokens.shape == (1, 3, 8) and tokens.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_step_with_the_prepend_kernel_matches_torch(tiny_model_dir, shared_prefix):
+    """StepOptions(prepend_kernel=True) (what --kernels triton selects) gives the same hidden rows and ∂φ."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spulctl.data.demo import demo_records
+    from spulctl.data.task import TaskSpec, encode
+    from spulctl.step import StepOptions, collate, prompted_hidden
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = collate(encode(demo_records(3), TaskSpec(), tok), tok.pad_token_id)
+    phi = torch.randn(4, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    out, grads = [], []
+    for kernel in (True, False):
+        p = phi.clone().requires_grad_(True)
+        h = prompted_hidden(model, batch, p, StepOptions(shared_prefix=shared_prefix, prepend_kernel=kernel))
+        (h * torch.linspace(-1, 1, h.numel()).view_as(h)).sum().backward()
+        out.append(h.detach())
+        grads.append(p.grad)
+    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-6)
+    rel = (grads[0] - grads[1]).abs().max() / grads[1].abs().max()
+    assert rel <= 1e-5, float(rel)

@@ -22,12 +22,16 @@ if TYPE_CHECKING:
     from spulctl.step import Batch
 
 
-def token_logprobs(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, chunk: int = 16) -> torch.Tensor:
-    """Log-probability of each actual next token, (b, t-1); full-vocabulary softmax computed in position chunks.
+def token_logprobs(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, chunk: int = 16,
+                   kernels: str = "torch") -> torch.Tensor:
+    """Log-probability of each actual next token, (b, t-1), over the whole vocabulary.
 
     Args:
         prompt: (p, d) soft prompt, or None.
-        chunk: positions per head application (bounds memory at (b, chunk, V)).
+        chunk: positions per head application on the torch path (bounds memory at (b, chunk, V)).
+        kernels: ``torch`` (logits in position chunks) or ``triton`` (the fused head's forward-only CE over the
+            (b·(t-1), d) rows: logits never materialised). Padded positions are not scored on the Triton path
+            (their value is 0); callers read only real positions.
     """
     import torch
 
@@ -43,6 +47,13 @@ def token_logprobs(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, 
         hidden = body(input_ids=batch.input_ids, attention_mask=mask, past_key_values=cache,
                       use_cache=True).last_hidden_state  # (b, t, d)
     nxt, hidden = batch.input_ids[:, 1:], hidden[:, :-1]  # (b, t-1): position i predicts token i+1
+    if kernels == "triton":
+        from spulctl.kernels.answer_head_loss import answer_head_ce
+
+        real = batch.attention_mask[:, 1:].bool()
+        targets = torch.where(real, nxt, -1).reshape(-1)  # (b·(t-1),)
+        ce = answer_head_ce(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
+        return -ce.view(b, -1)
     out = []
     for s in range(0, nxt.shape[1], chunk):
         logits = head(hidden[:, s:s + chunk]).float()  # (b, c, V)
@@ -54,8 +65,8 @@ def token_logprobs(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, 
 
 def attack_scores(model: nn.Module, examples: list[Encoded], pad_id: int, prompt: torch.Tensor | None,
                   k: float = 0.2, batch_size: int = 16,
-                  on_batch: Callable[[int], None] | None = None) -> dict[str, list[float]]:
-    """Per-example scores of both attacks (higher = more member-like)."""
+                  on_batch: Callable[[int], None] | None = None, kernels: str = "torch") -> dict[str, list[float]]:
+    """Per-example scores of both attacks (higher = more member-like); ``kernels`` as :func:`token_logprobs`."""
     import torch
 
     from spulctl.loss import row_ce
@@ -68,7 +79,7 @@ def attack_scores(model: nn.Module, examples: list[Encoded], pad_id: int, prompt
         for idx in bucketed_batches([len(e.input_ids) for e in examples], batch_size, seed=None):
             batch = collate([examples[i] for i in idx], pad_id, idx).to(device)
             ce = row_ce(prompted_logits(model, batch, phi), batch.targets)  # (b,)
-            lp = token_logprobs(model, batch, phi)  # (b, t-1)
+            lp = token_logprobs(model, batch, phi, kernels=kernels)  # (b, t-1)
             for row, i in enumerate(idx):
                 n = examples[i].answer_pos  # next-token log-probs over the prompt region only
                 vals = lp[row, :n].sort().values
@@ -91,7 +102,8 @@ def auc_tpr(member: list[float], nonmember: list[float], fpr_at: float = 0.01) -
 
 
 def membership_inference(model: nn.Module, tok: Any, task: Any, records: dict[str, list[dict]],
-                         prompt: torch.Tensor | None, emit: Callable[[dict], None], tag: str) -> dict[str, Any]:
+                         prompt: torch.Tensor | None, emit: Callable[[dict], None], tag: str,
+                         kernels: str = "torch") -> dict[str, Any]:
     """Both attacks on forget (train vs test) and, as a control, retain (train vs test) records."""
     from spulctl.data.task import encode, label_vocab
 
@@ -101,7 +113,7 @@ def membership_inference(model: nn.Module, tok: Any, task: Any, records: dict[st
         ex = encode(rows, task, tok, vocab)
         name = f"{tag} mia {split}"
         emit({"kind": "eval-start", "split": name, "total": len(ex)})
-        scores[split] = attack_scores(model, ex, tok.pad_token_id, prompt,
+        scores[split] = attack_scores(model, ex, tok.pad_token_id, prompt, kernels=kernels,
                                       on_batch=lambda n, s=name: emit({"kind": "eval-step", "split": s, "n": n}))
     out: dict[str, Any] = {}
     for side in ("forget", "retain"):

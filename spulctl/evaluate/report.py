@@ -58,9 +58,12 @@ Results = dict[str, dict[str, dict]]
 
 def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, batch_size: int, emit: Event,
                       ignore_fingerprint: bool = False, mia: bool = False,
-                      robustness: bool = False) -> tuple[Results, dict[str, dict]]:
+                      robustness: bool = False, kernels: str = "auto") -> tuple[Results, dict[str, dict]]:
     """Score every subject on every split present (and, with ``robustness``, on rewritten forget queries,
     stored as ``probe:<name>`` entries).
+
+    ``kernels`` (``auto|triton|torch``) picks how the membership-inference attacks score every token position:
+    the fused Triton head (forward only, logits never materialised) or chunked torch logits.
 
     Returns:
         subject -> split -> metrics, and (with ``mia``) subject -> membership-inference results.
@@ -70,6 +73,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     from spulctl.evaluate.metrics import score_records
     from spulctl.evaluate.mia import membership_inference
     from spulctl.familiarize import load_split
+    from spulctl.loss import resolve_kernels
     from spulctl.models import load_model
     from spulctl.step import prompted_logits
 
@@ -96,6 +100,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
             loaded.clear()  # one model in memory at a time
             loaded[subj.model] = load_model(subj.model)
         model, tok = loaded[subj.model]
+        which = resolve_kernels(kernels, next(model.parameters()).device)
         task, scorer, phi = TaskSpec(), None, None
         if subj.bundle is not None:
             bundle = load_bundle(subj.bundle)
@@ -109,7 +114,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
             results[subj.name][split] = score_records(model, tok, task, vocab, rows, batch_size, emit,
                                                       f"{subj.name} {split}", scorer)
         if mia:
-            mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name)
+            mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name, which)
         for probe, rows in (probes or {}).items():
             results[subj.name][f"probe:{probe}"] = score_records(model, tok, task, vocab, rows, batch_size, emit,
                                                                  f"{subj.name} probe {probe}", scorer)

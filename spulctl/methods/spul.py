@@ -31,6 +31,8 @@ class Spul:
 
     def objective(self, examples, n_forget: int, ref_key: str) -> AnswerObjective:
         """Build the soft prompt and the loss over ``examples`` (forget rows first)."""
+        from dataclasses import replace
+
         import torch
 
         from spulctl.loss import LossWeights, resolve_kernels
@@ -42,7 +44,8 @@ class Spul:
         torch.manual_seed(s.train.seed)
         init = init_vectors(ctx.model, ctx.tokenizer, s.prompt_tokens, s.prompt_init, s.train.seed)
         self.prompt = soft_prompt(init, s.prompt_encoder, s.encoder_hidden).to(device)
-        opts = step_options(s)
+        kernels = resolve_kernels(s.kernels, device)
+        opts = replace(step_options(s), prepend_kernel=kernels == "triton")
         _, head = body_and_head(ctx.model)
         ref = None
         if opts.cached_reference and s.beta > 0:
@@ -56,7 +59,7 @@ class Spul:
             head=head, weights=weights, pad_id=ctx.tokenizer.pad_token_id, device=device,
             hidden_fn=lambda b: prompted_hidden(ctx.model, b, self.prompt(), opts),
             ref_hidden_fn=lambda b: prompted_hidden(ctx.model, b, None, opts),
-            kernels=resolve_kernels(s.kernels, device))
+            kernels=kernels)
 
     def forget_targets(self) -> list[list[int]]:
         """SPUL pushes forget rows to a generic label, drawn uniformly per record (seeded)."""
