@@ -6,8 +6,7 @@ keys/values, positions offset by p; the graph itself sees the real tokens only. 
 
 * ``baked`` (default): the prefix is stored in the graph as initializers. One self-contained file, nothing to feed.
 * ``inputs``: the graph takes ``past_key_{i}`` / ``past_value_{i}`` (1, kv_heads, p, head_dim) as inputs, and the
-  runtime binds them once (IOBinding: on the GPU they stay in device memory). One graph serves any bundle for the
-  same base model.
+  runtime binds them once (IOBinding: on the GPU they stay in device memory).
 
 Both are measured side by side in ``benchmarks/bench_inference.py`` (``docs/benchmarks.md``); on CPU they are within
 noise of each other, so the default is the one with fewer moving parts.
