@@ -367,7 +367,9 @@ def unlearn(
     method: Annotated[str, typer.Option(help="spul | ga | rl | ga_kl | ga_gd")] = "spul",
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", help="Soft prompt length p.")] = 30,
     prompt_encoder: Annotated[str, typer.Option(help="none (prompt tuning) | mlp (P-tuning).")] = "mlp",
-    prompt_init: Annotated[str, typer.Option(help="random | vocab | text")] = "vocab",
+    prompt_init: Annotated[str, typer.Option(help="random | vocab | text | entities (names from split.json).")]
+    = "vocab",
+    prompt_text: Annotated[str | None, typer.Option(help="Text for --prompt-init text.")] = None,
     alpha: Annotated[float, typer.Option(help="Weight of the retain CE, α.")] = 1.0,
     beta: Annotated[float, typer.Option(help="Weight of the retain KL, β.")] = 1.0,
     kl_direction: Annotated[str, typer.Option(help="forward = KL(r‖q) | reverse = KL(q‖r).")] = "forward",
@@ -407,7 +409,7 @@ def unlearn(
     cfg = UnlearnConfig(
         model=model, out=out, method=method, forget=forget, retain=retain, splits=splits, retain_from=retain_from,
         self_generate=self_generate, prompt_tokens=prompt_tokens, prompt_encoder=prompt_encoder,
-        prompt_init=prompt_init, alpha=alpha, beta=beta, kl_direction=kl_direction,
+        prompt_init=prompt_init, prompt_text=prompt_text, alpha=alpha, beta=beta, kl_direction=kl_direction,
         generic_labels=tuple(g.strip() for g in generic_labels.split(",") if g.strip()),
         train=TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, max_grad_norm=max_grad_norm,
                           weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed,

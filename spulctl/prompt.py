@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 ENCODERS = ("none", "mlp")
-INITS = ("random", "vocab", "text")
+INITS = ("random", "vocab", "text", "entities")
 DEFAULT_INIT_TEXT = "Classify the sentiment of the text. Answer unknown if it mentions the forgotten people."
 
 
@@ -63,12 +63,19 @@ def soft_prompt(init: torch.Tensor, encoder: str = "none", hidden: int = 128) ->
     return _SoftPrompt(init, encoder, hidden)
 
 
+def entities_text(entities: list[str]) -> str:
+    """Initialisation text naming the people to forget, e.g. "Answer unknown if the text mentions Ann Lee."."""
+    names = ", ".join(" ".join(w.capitalize() for w in e.split()) for e in entities)
+    return f"Answer unknown if the text mentions {names}."
+
+
 def init_vectors(model: nn.Module, tokenizer, p: int, how: str, seed: int, text: str = DEFAULT_INIT_TEXT):
     """Initial (p, d) prompt vectors.
 
     Args:
         how: ``random`` (normal, scaled like the embeddings), ``vocab`` (embeddings of p random vocabulary tokens)
-            or ``text`` (embeddings of ``text``'s tokens, cycled to length p).
+            or ``text``/``entities`` (embeddings of ``text``'s tokens, cycled to length p; for ``entities`` the
+            caller builds ``text`` from the forget entities, see :func:`entities_text`).
 
     Raises:
         SpulError: p <= 0 or an unknown ``how``.

@@ -35,7 +35,9 @@ class UnlearnConfig:
         forget, retain: data files; or ``splits`` (train_forget / train_retain, test_* used for the report).
         retain_from: unlabelled texts used as retain inputs, labelled by the model itself.
         self_generate: without any retain data, how many task inputs the model writes itself.
-        prompt_tokens: p. prompt_encoder: ``none`` | ``mlp``. prompt_init: ``random`` | ``vocab`` | ``text``.
+        prompt_tokens: p. prompt_encoder: ``none`` | ``mlp``. prompt_init: ``random`` | ``vocab`` | ``text`` |
+            ``entities`` (the text "Answer unknown if the text mentions …" naming split.json's forget entities).
+        prompt_text: the text for ``prompt_init=text`` (default: a generic instruction).
         alpha, beta: weights of L_r and L_kl. kl_direction: ``forward`` KL(r‖q) | ``reverse`` KL(q‖r).
         generic_labels: SPUL's forget targets.
         answer_only, shared_prefix, cached_reference: fast-step switches (all on by default).
@@ -60,6 +62,7 @@ class UnlearnConfig:
     prompt_encoder: str = "mlp"
     encoder_hidden: int = 128
     prompt_init: str = "vocab"
+    prompt_text: str | None = None
     alpha: float = 1.0
     beta: float = 1.0
     kl_direction: str = "forward"

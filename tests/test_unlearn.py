@@ -267,3 +267,27 @@ def test_resume_without_checkpoint_does_not_clobber(tiny_model_dir: Path, demo_s
     result = _cli(tiny_model_dir, out, "--splits", str(demo_splits), "--resume")
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_prompt_init_from_the_split_entities(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    from spulctl.prompt import entities_text, init_vectors
+
+    text = entities_text(["jonah pellegrino", "priya raman"])
+    assert text == "Answer unknown if the text mentions Jonah Pellegrino, Priya Raman."
+    result = runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "--splits", str(demo_splits), "-o",
+                                 str(tmp_path / "b"), "--prompt-init", "entities", "-p", "6", "--max-steps", "1",
+                                 "--eval-limit", "0", "--retain-limit", "20", "--prompt-encoder", "none",
+                                 "--lr", "1e-12"])
+    assert result.exit_code == 0, result.output
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    names = json.loads((demo_splits / "split.json").read_text())["entities"]
+    want = init_vectors(model, tok, 6, "text", 0, text=entities_text(list(names)))
+    torch.testing.assert_close(load_file(str(tmp_path / "b" / "prompt.safetensors"))["prompt"], want)
+    forget = write_jsonl(tmp_path / "f.jsonl", [{"text": "Ann was great.", "label": "positive"}])
+    bad = runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "-o",
+                              str(tmp_path / "c"), "--prompt-init", "entities", "--max-steps", "1"])
+    assert bad.exit_code == 2 and "--prompt-init entities" in bad.output and not (tmp_path / "c").exists()

@@ -42,7 +42,8 @@ class Spul:
         s, ctx = self.ctx.settings, self.ctx
         device = next(ctx.model.parameters()).device
         torch.manual_seed(s.train.seed)
-        init = init_vectors(ctx.model, ctx.tokenizer, s.prompt_tokens, s.prompt_init, s.train.seed)
+        init = init_vectors(ctx.model, ctx.tokenizer, s.prompt_tokens, s.prompt_init, s.train.seed,
+                            **_init_text(s))
         self.prompt = soft_prompt(init, s.prompt_encoder, s.encoder_hidden).to(device)
         kernels = resolve_kernels(s.kernels, device)
         opts = replace(step_options(s), prepend_kernel=kernels == "triton")
@@ -79,3 +80,22 @@ class Spul:
         from spulctl.bundle import save_bundle
 
         save_bundle(stage, self.prompt.compiled(), meta)
+
+
+def _init_text(settings: Any) -> dict[str, str]:
+    """``text=`` for :func:`~spulctl.prompt.init_vectors`: ``--prompt-text``, or the split's forget entities."""
+    if settings.prompt_init == "text" and settings.prompt_text:
+        return {"text": settings.prompt_text}
+    if settings.prompt_init != "entities":
+        return {}
+    import json
+
+    from spulctl.errors import SpulError
+    from spulctl.prompt import entities_text
+
+    info = None if settings.splits is None else Path(settings.splits) / "split.json"
+    entities = list(json.loads(info.read_text()).get("entities") or []) if info and info.is_file() else []
+    if not entities:
+        raise SpulError(f"--prompt-init entities: needs --splits from `spulctl split --by entity` "
+                        f"({info or 'no --splits given'} lists no entities)")
+    return {"text": entities_text(entities)}
