@@ -8,12 +8,12 @@ Inputs are the hidden rows at the answer positions only (never the (b, t, V) log
 * ``loss = Σ_m w_ce[m]·CE_m + w_kl[m]·KL_m`` — α, β, the ±1 of gradient ascent and the per-term normalisers are
   folded into the row weights by the caller, so nothing syncs with the host.
 
-The kernel makes two passes over W per row: pass 1 keeps online log-sum-exps (fp32) of student and reference and
-the KL accumulators; pass 2 recomputes the logits tile by tile and forms ∂loss/∂h directly (no ∂W: W is frozen),
-so the backward of the autograd.Function is a scale. The student and reference logits of a row come from the same
-loaded W tile.
+The kernel makes two passes over W: pass 1 keeps online log-sum-exps (fp32) of student and reference and the KL
+accumulators; pass 2 recomputes the logits tile by tile and forms ∂loss/∂h directly (no ∂W: W is frozen), so the
+backward of the autograd.Function is a scale. The student and reference logits come from the same loaded W tile.
 
-Grid: one program per row when there are enough rows to fill the GPU. For few rows (M < 128) the vocabulary is
+Grid: one program per block of 64 rows, logits of the block as ``tl.dot`` (tensor cores; fp32 inputs use IEEE
+precision, not TF32), so W is read M/64 times per pass. For few rows (M < 128) on a GPU the vocabulary is
 also split across programs (row, split): a stats kernel writes each split's online-softmax state, the host combines
 the (M, S) partials with tensor ops (log-sum-exp merge, no atomics, no host sync), a gradient kernel writes each
 split's share of ∂loss/∂h into (M, S, d) and a sum over S finishes it — deterministic for a given S.
@@ -74,11 +74,12 @@ def _kernel():
 _KERNEL = None
 
 
-def _blocks() -> tuple[int, int]:
-    """Tile sizes: GPU-sized tiles, or large ones under the CPU interpreter (where each tile step costs Python)."""
+def _blocks() -> tuple[int, int, int]:
+    """(BLOCK_V, BLOCK_D, BLOCK_M): GPU-sized tiles, or large ones under the CPU interpreter (where every tile step
+    costs Python; the interpreter caps a block at 2^20 elements)."""
     import os
 
-    return (2048, 512) if os.environ.get("TRITON_INTERPRET") == "1" else (256, 64)
+    return (2048, 512, 64) if os.environ.get("TRITON_INTERPRET") == "1" else (128, 64, 64)
 
 
 def auto_splits(m: int, v: int, block_v: int, device) -> int:
@@ -101,10 +102,11 @@ def answer_head_loss_triton(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction
         want_grad: False skips the gradient pass (one pass over W); ``dh`` is then None.
     """
     import math
+    import os
 
     import torch
 
-    default_v, default_d = _blocks()
+    default_v, default_d, block_m = _blocks()
     block_v, block_d = block_v or default_v, block_d or default_d
     global _KERNEL
     if _KERNEL is None:
@@ -125,9 +127,12 @@ def answer_head_loss_triton(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction
         dh = torch.empty(m if want_grad else 1, d, device=h.device, dtype=torch.float32)
         ce = torch.empty(m, device=h.device, dtype=torch.float32)
         kl = torch.empty(m, device=h.device, dtype=torch.float32)
-        _KERNEL.answer_head_loss_kernel[(m,)](h, h_ref, w, targets, w_ce, ref_idx, w_kl, dh, ce, kl, v, d,
-                                              h.stride(0), h_ref.stride(0), w.stride(0), dh.stride(0),
-                                              DIRECTION=code, BLOCK_V=block_v, BLOCK_D=block_d, WANT_GRAD=want_grad)
+        precision = "ieee" if w.dtype == torch.float32 else "tf32"  # fp32 stays fp32 (no TF32 rounding)
+        _KERNEL.answer_head_loss_kernel[(math.ceil(m / block_m),)](
+            h, h_ref, w, targets, w_ce, ref_idx, w_kl, dh, ce, kl, m, v, d,
+            h.stride(0), h_ref.stride(0), w.stride(0), dh.stride(0), DIRECTION=code, PRECISION=precision,
+            UPCAST=os.environ.get("TRITON_INTERPRET") == "1", BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_D=block_d,
+            WANT_GRAD=want_grad)
         dh = dh if want_grad else None
     else:
         ce, kl, dh = _split_v(h, h_ref, w, targets, w_ce, ref_idx, w_kl, code, splits, chunk, block_v, block_d,

@@ -25,47 +25,75 @@ def _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, 
     return z, y
 
 @triton.jit
+def _block_logits(H, HREF, W, rows, rmask, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                  PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+                  BLOCK_D: tl.constexpr):
+    """Student and reference logits of a block of rows over one vocabulary tile, (BLOCK_M, BLOCK_V) fp32 each,
+    as tensor-core dots sharing every loaded W tile (UPCAST: dot in fp32, for the CPU interpreter, whose bf16 dot
+    is wrong)."""
+    z = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
+    y = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + offs_d
+        dmask = dd < D
+        wt = tl.load(W + vv[None, :] * stride_w + dd[:, None], mask=dmask[:, None] & vmask[None, :],
+                     other=0.0)  # (BLOCK_D, BLOCK_V)
+        if UPCAST:
+            wt = wt.to(tl.float32)
+        h = tl.load(H + rows[:, None] * stride_h + dd[None, :], mask=rmask[:, None] & dmask[None, :],
+                    other=0.0).to(wt.dtype)  # (BLOCK_M, BLOCK_D)
+        r = tl.load(HREF + ridx[:, None] * stride_r + dd[None, :], mask=rmask[:, None] & dmask[None, :],
+                    other=0.0).to(wt.dtype)
+        z += tl.dot(h, wt, input_precision=PRECISION)
+        y += tl.dot(r, wt, input_precision=PRECISION)
+    return z, y
+
+
+@triton.jit
 def answer_head_loss_kernel(
     H, HREF, W, T, WCE, RIDX, WKL,  # H (M, D), HREF (Mr, D), W (V, D), T/WCE/RIDX/WKL (M,)
     DH, CE, KL,  # outputs: DH (M, D) fp32, CE (M,), KL (M,)
-    V, D, stride_h, stride_r, stride_w, stride_dh,
-    DIRECTION: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, WANT_GRAD: tl.constexpr = True,
+    M, V, D, stride_h, stride_r, stride_w, stride_dh,
+    DIRECTION: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, WANT_GRAD: tl.constexpr,
 ):
-    m = tl.program_id(0)
-    target = tl.load(T + m)
-    ridx = tl.load(RIDX + m)
+    """One program per block of BLOCK_M rows: W is read M / BLOCK_M times per pass, logits come from tl.dot."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    target = tl.load(T + rows, mask=rmask, other=-1)
+    ridx = tl.load(RIDX + rows, mask=rmask, other=-1)
     has_r = ridx >= 0
     ridx = tl.maximum(ridx, 0)
-    w_ce = tl.load(WCE + m)
-    w_kl = tl.load(WKL + m)
+    w_ce = tl.load(WCE + rows, mask=rmask, other=0.0)
+    w_kl = tl.load(WKL + rows, mask=rmask, other=0.0)
     offs_v = tl.arange(0, BLOCK_V)
     offs_d = tl.arange(0, BLOCK_D)
-    # pass 1: online log-sum-exp of z (student) and y (reference) + KL accumulators
-    mq = -float("inf")
-    sq = 0.0
-    mr = -float("inf")
-    sr = 0.0
-    acc = 0.0  # forward: Σ exp(y - mr)(y - z); reverse: Σ exp(z - mq)(z - y)
-    zt = 0.0
+    # pass 1: online log-sum-exp of z (student) and y (reference) per row + KL accumulators
+    mq = tl.full((BLOCK_M,), -float("inf"), dtype=tl.float32)
+    mr = tl.full((BLOCK_M,), -float("inf"), dtype=tl.float32)
+    sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    sr = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M,), dtype=tl.float32)  # forward: Σ exp(y - mr)(y - z); reverse: Σ exp(z - mq)(z - y)
+    zt = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for v0 in range(0, V, BLOCK_V):
         vv = v0 + offs_v
         vmask = vv < V
-        z, y = _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
-                            BLOCK_V, BLOCK_D)
-        z = tl.where(vmask, z, -float("inf"))
-        y = tl.where(vmask, y, -float("inf"))
-        zt += tl.sum(tl.where(vv == target, z, 0.0), axis=0)
-        mq_new = tl.maximum(mq, tl.max(z, axis=0))
-        mr_new = tl.maximum(mr, tl.max(y, axis=0))
-        ez = tl.where(vmask, tl.exp(z - mq_new), 0.0)
-        ey = tl.where(vmask, tl.exp(y - mr_new), 0.0)
-        diff = tl.where(vmask, y - z, 0.0)
+        z, y = _block_logits(H, HREF, W, rows, rmask, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                             PRECISION, UPCAST, BLOCK_M, BLOCK_V, BLOCK_D)
+        z = tl.where(vmask[None, :], z, -float("inf"))
+        y = tl.where(vmask[None, :], y, -float("inf"))
+        zt += tl.sum(tl.where(vv[None, :] == target[:, None], z, 0.0), axis=1)
+        mq_new = tl.maximum(mq, tl.max(z, axis=1))
+        mr_new = tl.maximum(mr, tl.max(y, axis=1))
+        ez = tl.where(vmask[None, :], tl.exp(z - mq_new[:, None]), 0.0)
+        ey = tl.where(vmask[None, :], tl.exp(y - mr_new[:, None]), 0.0)
+        diff = tl.where(vmask[None, :], y - z, 0.0)
         if DIRECTION == 0:
-            acc = acc * tl.exp(mr - mr_new) + tl.sum(ey * diff, axis=0)
+            acc = acc * tl.exp(mr - mr_new) + tl.sum(ey * diff, axis=1)
         else:
-            acc = acc * tl.exp(mq - mq_new) - tl.sum(ez * diff, axis=0)
-        sq = sq * tl.exp(mq - mq_new) + tl.sum(ez, axis=0)
-        sr = sr * tl.exp(mr - mr_new) + tl.sum(ey, axis=0)
+            acc = acc * tl.exp(mq - mq_new) - tl.sum(ez * diff, axis=1)
+        sq = sq * tl.exp(mq - mq_new) + tl.sum(ez, axis=1)
+        sr = sr * tl.exp(mr - mr_new) + tl.sum(ey, axis=1)
         mq = mq_new
         mr = mr_new
     lse_q = mq + tl.log(sq)
@@ -76,37 +104,40 @@ def answer_head_loss_kernel(
     else:
         kl = acc / sq - lse_q + lse_r
     kl = tl.where(has_r, kl, 0.0)
-    tl.store(CE + m, ce)
-    tl.store(KL + m, kl)
+    tl.store(CE + rows, ce, mask=rmask)
+    tl.store(KL + rows, kl, mask=rmask)
     wk = tl.where(has_r, w_kl, 0.0)
     wc = tl.where(target >= 0, w_ce, 0.0)
-    if WANT_GRAD:  # forward-only callers (evaluation) skip the second pass over W
-        # pass 2: g = dloss/dz per vocabulary entry, dh = g @ W (accumulated in DH, one program per row: no atomics)
+    if WANT_GRAD:  # pass 2: g = dloss/dz per vocabulary entry, dh = g @ W (this program owns its rows: no atomics)
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + offs_d
-            tl.store(DH + m * stride_dh + dd, tl.zeros((BLOCK_D,), dtype=tl.float32), mask=dd < D)
+            tl.store(DH + rows[:, None] * stride_dh + dd[None, :], tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32),
+                     mask=rmask[:, None] & (dd < D)[None, :])
         for v0 in range(0, V, BLOCK_V):
             vv = v0 + offs_v
             vmask = vv < V
-            z, y = _tile_logits(H, HREF, W, m, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
-                                BLOCK_V, BLOCK_D)
-            lq = z - lse_q
-            q = tl.where(vmask, tl.exp(lq), 0.0)
-            r = tl.where(vmask, tl.exp(y - lse_r), 0.0)
-            g = wc * (q - tl.where(vv == target, 1.0, 0.0))
+            z, y = _block_logits(H, HREF, W, rows, rmask, ridx, vv, vmask, offs_d, D, stride_h, stride_r, stride_w,
+                                 PRECISION, UPCAST, BLOCK_M, BLOCK_V, BLOCK_D)
+            lq = z - lse_q[:, None]
+            q = tl.where(vmask[None, :], tl.exp(lq), 0.0)
+            r = tl.where(vmask[None, :], tl.exp(y - lse_r[:, None]), 0.0)
+            g = wc[:, None] * (q - tl.where(vv[None, :] == target[:, None], 1.0, 0.0))
             if DIRECTION == 0:
-                g += wk * (q - r)
+                g += wk[:, None] * (q - r)
             else:
-                g += wk * q * (lq - (y - lse_r) - kl)
-            g = tl.where(vmask, g, 0.0)
+                g += wk[:, None] * q * (lq - (y - lse_r[:, None]) - kl[:, None])
+            g = tl.where(vmask[None, :] & rmask[:, None], g, 0.0)
             for d0 in range(0, D, BLOCK_D):
                 dd = d0 + offs_d
                 dmask = dd < D
                 wt = tl.load(W + vv[:, None] * stride_w + dd[None, :], mask=vmask[:, None] & dmask[None, :],
-                             other=0.0).to(tl.float32)
-                prev = tl.load(DH + m * stride_dh + dd, mask=dmask, other=0.0)
-                tl.store(DH + m * stride_dh + dd, prev + tl.sum(wt * g[:, None], axis=0), mask=dmask)
-    return
+                             other=0.0)  # (BLOCK_V, BLOCK_D)
+                if UPCAST:
+                    wt = wt.to(tl.float32)
+                ptr = DH + rows[:, None] * stride_dh + dd[None, :]
+                both = rmask[:, None] & dmask[None, :]
+                prev = tl.load(ptr, mask=both, other=0.0)
+                tl.store(ptr, prev + tl.dot(g.to(wt.dtype), wt, input_precision=PRECISION), mask=both)
 
 
 # --- split-V path for few rows: programs (row, vocabulary split), partials reduced deterministically by the host ---
