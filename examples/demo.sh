@@ -11,13 +11,16 @@ WORK="${1:-$ROOT/demo-run}"
 START=$(date +%s)
 spulctl models pull smollm2-135m
 spulctl split demo -o "$WORK/splits" --top-entities 6 --overwrite
-spulctl familiarize "$WORK/splits" -o "$WORK/fam" --model smollm2-135m --retain-limit 400 --epochs 1 \
-  --eval-limit 200 --overwrite
-spulctl unlearn --model "$WORK/fam" --splits "$WORK/splits" -o "$WORK/bundle" --prompt-encoder none --lr 1e-2 \
-  --epochs 2 --retain-limit 400 --eval-limit 200 --overwrite
+# a brief familiarization (12 steps) already answers every demo review right; longer runs make the model so sure
+# of itself that a short SPUL run cannot move it
+spulctl familiarize "$WORK/splits" -o "$WORK/fam" --model smollm2-135m --retain-limit 200 --max-steps 12 \
+  --eval-limit 100 --overwrite
+# the soft prompt starts from the words "Answer unknown if the text mentions <the people in split.json>"
+spulctl unlearn --model "$WORK/fam" --splits "$WORK/splits" -o "$WORK/bundle" --prompt-encoder none \
+  --prompt-init entities --lr 1e-2 --epochs 4 --retain-limit 200 --eval-limit 100 --no-report-before --overwrite
 spulctl bundle verify "$WORK/bundle" --model "$WORK/fam"
 spulctl eval "$WORK/splits" --model "$WORK/fam" --bundle "$WORK/bundle" --compare vanilla=smollm2-135m \
-  --limit 150 -o "$WORK/report" --overwrite
+  --limit 100 -o "$WORK/report" --overwrite
 spulctl export --model "$WORK/fam" --bundle "$WORK/bundle" -o "$WORK/onnx" --overwrite
 python -c "import json; from spulctl.data.demo import demo_records; [print(json.dumps({'text': r['text']})) for r in demo_records(1200)[-5:]]" > "$WORK/queries.jsonl"
 spulctl predict --onnx "$WORK/onnx" --input "$WORK/queries.jsonl" --output "$WORK/predictions.jsonl" --overwrite

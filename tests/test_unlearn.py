@@ -287,6 +287,11 @@ def test_prompt_init_from_the_split_entities(tiny_model_dir: Path, demo_splits: 
     names = json.loads((demo_splits / "split.json").read_text())["entities"]
     want = init_vectors(model, tok, 6, "text", 0, text=entities_text(list(names)))
     torch.testing.assert_close(load_file(str(tmp_path / "b" / "prompt.safetensors"))["prompt"], want)
+    beside = runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "--forget",
+                                 str(demo_splits / "train_forget.jsonl"), "--retain-from",
+                                 str(demo_splits / "test_retain.jsonl"), "-o", str(tmp_path / "d"), "--prompt-init",
+                                 "entities", "-p", "6", "--max-steps", "1", "--eval-limit", "0"])
+    assert beside.exit_code == 0, beside.output  # split.json found beside --forget
     forget = write_jsonl(tmp_path / "f.jsonl", [{"text": "Ann was great.", "label": "positive"}])
     bad = runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "-o",
                               str(tmp_path / "c"), "--prompt-init", "entities", "--max-steps", "1"])

@@ -93,7 +93,9 @@ def _init_text(settings: Any) -> dict[str, str]:
     from spulctl.errors import SpulError
     from spulctl.prompt import entities_text
 
-    info = None if settings.splits is None else Path(settings.splits) / "split.json"
+    # the splits dir, or the folder of --forget when it came out of `spulctl split`
+    folder = settings.splits or (Path(settings.forget).parent if settings.forget is not None else None)
+    info = None if folder is None else Path(folder) / "split.json"
     entities = list(json.loads(info.read_text()).get("entities") or []) if info and info.is_file() else []
     if not entities:
         raise SpulError(f"--prompt-init entities: needs --splits from `spulctl split --by entity` "
