@@ -17,7 +17,7 @@ spulctl familiarize "$WORK/splits" -o "$WORK/fam" --model smollm2-135m --retain-
   --eval-limit 100 --overwrite
 # the soft prompt starts from the words "Answer unknown if the text mentions <the people in split.json>"
 spulctl unlearn --model "$WORK/fam" --splits "$WORK/splits" -o "$WORK/bundle" --prompt-encoder none \
-  --prompt-init entities --lr 1e-2 --epochs 4 --retain-limit 200 --eval-limit 100 --no-report-before --overwrite
+  --prompt-init entities --lr 1e-2 --epochs 5 --retain-limit 200 --eval-limit 100 --no-report-before --overwrite
 spulctl bundle verify "$WORK/bundle" --model "$WORK/fam"
 spulctl eval "$WORK/splits" --model "$WORK/fam" --bundle "$WORK/bundle" --compare vanilla=smollm2-135m \
   --limit 100 -o "$WORK/report" --overwrite
