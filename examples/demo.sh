@@ -22,7 +22,8 @@ spulctl bundle verify "$WORK/bundle" --model "$WORK/fam"
 spulctl eval "$WORK/splits" --model "$WORK/fam" --bundle "$WORK/bundle" --compare vanilla=smollm2-135m \
   --limit 100 -o "$WORK/report" --overwrite
 spulctl export --model "$WORK/fam" --bundle "$WORK/bundle" -o "$WORK/onnx" --overwrite
-python -c "import json; from spulctl.data.demo import demo_records; [print(json.dumps({'text': r['text']})) for r in demo_records(1200)[-5:]]" > "$WORK/queries.jsonl"
+# three reviews to keep and two about forgotten people (held-out test records): the latter should come back generic
+python -c "import json, sys; [print(json.dumps({'text': json.loads(l)['text']})) for f, n in (('test_retain', 3), ('test_forget', 2)) for l in open(f'{sys.argv[1]}/{f}.jsonl').readlines()[:n]]" "$WORK/splits" > "$WORK/queries.jsonl"
 spulctl predict --onnx "$WORK/onnx" --input "$WORK/queries.jsonl" --output "$WORK/predictions.jsonl" --overwrite
 cat "$WORK/predictions.jsonl"
 echo "demo finished in $(( $(date +%s) - START )) s; artifacts in $WORK"
