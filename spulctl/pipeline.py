@@ -88,10 +88,21 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
     checked = check_gates(results[primary], results["model"], mia=mia_results.get(primary), **gates)
     report = build_report(results, "model", subjects, splits, limit, checked, mia_results)
     report["primary"] = primary
+    extra: dict[str, Path] = {}
     if plots is not None:
-        report["plots"] = [str(p) for p in _eval_plots(model, bundle, splits, results, plots, limit)]
+        inside = out is not None and plots.resolve().is_relative_to(out.resolve())
+        if inside:  # the report directory is published whole: draw into a scratch dir, ship the files with it
+            import tempfile
+
+            scratch = Path(tempfile.mkdtemp(prefix="spulctl-plots-"))
+            made = _eval_plots(model, bundle, splits, results, scratch, limit)
+            rel = plots.resolve().relative_to(out.resolve())
+            extra = {str(rel / p.name): p for p in made}
+            report["plots"] = [str(plots / p.name) for p in made]
+        else:
+            report["plots"] = [str(p) for p in _eval_plots(model, bundle, splits, results, plots, limit)]
     if out is not None:
-        write_report(report, out, overwrite)
+        write_report(report, out, overwrite, extra)
     if junit is not None:
         write_text_atomic(junit, junit_xml(checked))
     return report

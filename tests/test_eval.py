@@ -162,6 +162,12 @@ def test_plots_are_pngs(tiny_model_dir: Path, demo_splits: Path, bundle: Path, t
     for name in ("tsne.png", "tradeoff.png"):
         data = (tmp_path / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    # plots asked for inside the report directory survive the report being published
+    inside = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--bundle", str(bundle),
+                                 "--limit", "10", "-o", str(tmp_path / "r"), "--plots", str(tmp_path / "r" / "plots")])
+    assert inside.exit_code == 0, inside.output
+    assert (tmp_path / "r" / "report.json").is_file()
+    assert (tmp_path / "r" / "plots" / "tsne.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_robustness_probes(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):

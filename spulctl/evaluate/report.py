@@ -184,13 +184,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], out: Path, overwrite: bool) -> None:
-    """Write ``report.json`` and ``report.md`` into ``out`` (staged)."""
+def write_report(report: dict[str, Any], out: Path, overwrite: bool,
+                 extra_files: dict[str, Path] | None = None) -> None:
+    """Write ``report.json`` and ``report.md`` into ``out`` (staged), plus ``extra_files`` (name in ``out`` ->
+    source file, e.g. plots asked for inside ``out``), so that publishing the directory keeps them."""
+    import shutil
+
     from spulctl.io import staged_dir, write_json_atomic, write_text_atomic
 
     with staged_dir(out, overwrite=overwrite) as stage:
         write_json_atomic(stage / "report.json", report)
         write_text_atomic(stage / "report.md", render_markdown(report))
+        for name, src in (extra_files or {}).items():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, stage / name)
 
 
 def load_report(path: Path) -> dict[str, Any]:
