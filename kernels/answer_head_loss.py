@@ -14,9 +14,10 @@ backward of the autograd.Function is a scale. The student and reference logits c
 
 Grid: one program per block of 64 rows, logits of the block as ``tl.dot`` (tensor cores; fp32 inputs use IEEE
 precision, not TF32), so W is read M/64 times per pass. For few rows (M < 128) on a GPU the vocabulary is
-also split across programs (row, split): a stats kernel writes each split's online-softmax state, the host combines
-the (M, S) partials with tensor ops (log-sum-exp merge, no atomics, no host sync), a gradient kernel writes each
-split's share of ∂loss/∂h into (M, S, d) and a sum over S finishes it — deterministic for a given S.
+also split across programs (row block, split), running the same two passes over one split each: a stats kernel
+writes each split's online-softmax state, the host combines the (M, S) partials with tensor ops (log-sum-exp
+merge, no atomics, no host sync), a gradient kernel writes each split's share of ∂loss/∂h into (M, S, d) and a
+sum over S finishes it — deterministic for a given S.
 
 Anatomy: ``@triton.jit`` kernel + host launcher + ``autograd.Function`` + the torch reference beside them.
 """
@@ -123,39 +124,41 @@ def answer_head_loss_triton(h, h_ref, w, targets, w_ce, ref_idx, w_kl, direction
     per_split = math.ceil(v / max(1, splits))
     chunk = math.ceil(per_split / block_v) * block_v  # ceil(V / S) rounded up to whole tiles
     splits = math.ceil(v / chunk)  # every split holds at least one vocabulary entry
+    meta = {"DIRECTION": code, "PRECISION": "ieee" if w.dtype == torch.float32 else "tf32",  # fp32: no TF32
+            "UPCAST": os.environ.get("TRITON_INTERPRET") == "1", "BLOCK_M": block_m, "BLOCK_V": block_v,
+            "BLOCK_D": block_d}
     if splits == 1:
         dh = torch.empty(m if want_grad else 1, d, device=h.device, dtype=torch.float32)
         ce = torch.empty(m, device=h.device, dtype=torch.float32)
         kl = torch.empty(m, device=h.device, dtype=torch.float32)
-        precision = "ieee" if w.dtype == torch.float32 else "tf32"  # fp32 stays fp32 (no TF32 rounding)
         _KERNEL.answer_head_loss_kernel[(math.ceil(m / block_m),)](
             h, h_ref, w, targets, w_ce, ref_idx, w_kl, dh, ce, kl, m, v, d,
-            h.stride(0), h_ref.stride(0), w.stride(0), dh.stride(0), DIRECTION=code, PRECISION=precision,
-            UPCAST=os.environ.get("TRITON_INTERPRET") == "1", BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_D=block_d,
-            WANT_GRAD=want_grad)
+            h.stride(0), h_ref.stride(0), w.stride(0), dh.stride(0), WANT_GRAD=want_grad, **meta)
         dh = dh if want_grad else None
     else:
-        ce, kl, dh = _split_v(h, h_ref, w, targets, w_ce, ref_idx, w_kl, code, splits, chunk, block_v, block_d,
-                              want_grad)
+        ce, kl, dh = _split_v(h, h_ref, w, targets, w_ce, ref_idx, w_kl, splits, chunk, meta, want_grad)
     loss = (w_ce * ce).sum() + (w_kl * kl).sum()
     return loss, ce, kl, dh
 
 
-def _split_v(h, h_ref, w, targets, w_ce, ref_idx, w_kl, code, splits, chunk, block_v, block_d, want_grad=True):
+def _split_v(h, h_ref, w, targets, w_ce, ref_idx, w_kl, splits, chunk, meta, want_grad=True):
     """Split-V path: stats kernel → merge of the (M, S) partials → gradient kernel → sum of (M, S, d) over S."""
+    import math
+
     import torch
 
     m, d = h.shape
     v = w.shape[0]
+    grid = (math.ceil(m / meta["BLOCK_M"]), splits)
     parts = [torch.empty(m, splits, device=h.device, dtype=torch.float32) for _ in range(6)]
     strides = (h.stride(0), h_ref.stride(0), w.stride(0))
-    _KERNEL.answer_head_stats_kernel[(m, splits)](h, h_ref, w, targets, ref_idx, *parts, v, d, splits, chunk,
-                                                  *strides, DIRECTION=code, BLOCK_V=block_v, BLOCK_D=block_d)
+    _KERNEL.answer_head_stats_kernel[grid](h, h_ref, w, targets, ref_idx, *parts, m, v, d, splits, chunk, *strides,
+                                           **meta)
     mq_s, sq_s, mr_s, sr_s, acc_s, zt_s = parts
     mq, mr = mq_s.amax(1, keepdim=True), mr_s.amax(1, keepdim=True)
     sq, sr = (sq_s * (mq_s - mq).exp()).sum(1), (sr_s * (mr_s - mr).exp()).sum(1)
     lse_q, lse_r = mq.squeeze(1) + sq.log(), mr.squeeze(1) + sr.log()
-    if code == 0:  # forward KL(r‖q): accumulators are relative to the reference maximum
+    if meta["DIRECTION"] == 0:  # forward KL(r‖q): accumulators are relative to the reference maximum
         kl = (acc_s * (mr_s - mr).exp()).sum(1) / sr - lse_r + lse_q
     else:
         kl = (acc_s * (mq_s - mq).exp()).sum(1) / sq - lse_q + lse_r
@@ -166,9 +169,9 @@ def _split_v(h, h_ref, w, targets, w_ce, ref_idx, w_kl, code, splits, chunk, blo
         return ce, kl, None
     wc, wk = torch.where(has_t, w_ce, 0.0).contiguous(), torch.where(has_r, w_kl, 0.0).contiguous()
     dh_parts = torch.empty(m, splits, d, device=h.device, dtype=torch.float32)
-    _KERNEL.answer_head_grad_kernel[(m, splits)](h, h_ref, w, targets, ref_idx, wc, wk, lse_q.contiguous(),
-                                                 lse_r.contiguous(), kl.contiguous(), dh_parts, v, d, splits, chunk,
-                                                 *strides, DIRECTION=code, BLOCK_V=block_v, BLOCK_D=block_d)
+    _KERNEL.answer_head_grad_kernel[grid](h, h_ref, w, targets, ref_idx, wc, wk, lse_q.contiguous(),
+                                          lse_r.contiguous(), kl.contiguous(), dh_parts, m, v, d, splits, chunk,
+                                          *strides, **meta)
     return ce, kl, dh_parts.sum(1)
 
 

@@ -148,7 +148,6 @@ def run_export(model: str, out: Path, *, bundle: Path | None = None, no_bundle: 
     directory is published: CPU for fp32; CUDA for fp16 (fp16 graphs are for the CUDA execution provider; where
     neither CUDA nor CPU kernels exist for them the check is recorded as skipped, with the reason).
     """
-    import numpy as np
     from safetensors.torch import save_file
 
     from spulctl import __version__
@@ -165,7 +164,6 @@ def run_export(model: str, out: Path, *, bundle: Path | None = None, no_bundle: 
         compile_prefix,
         export_onnx,
     )
-    from spulctl.export.runtime import OnnxPredictor
     from spulctl.io import check_output_dir, sha256_file, staged_dir, write_json_atomic
     from spulctl.models import fingerprint, load_model
     from spulctl.step import prompted_logits
@@ -229,18 +227,18 @@ def run_export(model: str, out: Path, *, bundle: Path | None = None, no_bundle: 
             "files": files,
         }
         write_json_atomic(stage / MANIFEST_FILE, manifest)
-        manifest["check"], manifest["providers_tested"] = _ort_check(stage, texts, ref, dtype, OnnxPredictor)
-        manifest["check"]["max_abs_score_diff"] = (None if manifest["check"]["max_abs_score_diff"] is None
-                                                   else float(np.float32(manifest["check"]["max_abs_score_diff"])))
+        manifest["check"], manifest["providers_tested"] = _ort_check(stage, texts, ref, dtype)
         write_json_atomic(stage / MANIFEST_FILE, manifest)
     return manifest
 
 
-def _ort_check(stage: Path, texts: list[str], ref: list[dict], dtype: str, predictor_cls) -> tuple[dict, list]:
+def _ort_check(stage: Path, texts: list[str], ref: list[dict], dtype: str) -> tuple[dict, list]:
     """Run the staged export on ONNX Runtime and compare label-word scores with the torch reference."""
+    import numpy as np
     import onnxruntime as ort
 
     from spulctl.errors import SpulError
+    from spulctl.export.runtime import OnnxPredictor
 
     available = ort.get_available_providers()
     if dtype == "float16" and "CUDAExecutionProvider" in available:
@@ -248,7 +246,7 @@ def _ort_check(stage: Path, texts: list[str], ref: list[dict], dtype: str, predi
     else:
         provider, tolerance = "cpu", 1e-2 if dtype == "float16" else 1e-3
     try:
-        got = predictor_cls(stage, provider=provider).predict(texts)
+        got = OnnxPredictor(stage, provider=provider).predict(texts)
     except Exception as exc:  # onnxruntime raises its own types for a missing fp16 kernel
         if dtype != "float16":
             raise
@@ -260,7 +258,7 @@ def _ort_check(stage: Path, texts: list[str], ref: list[dict], dtype: str, predi
     if diff > tolerance:
         raise SpulError(f"export check failed: ONNX Runtime ({name}) scores differ from torch by {diff:.2e} "
                         f"(> {tolerance:g}); nothing was written")
-    return {"provider": name, "max_abs_score_diff": diff, "tolerance": tolerance}, [name]
+    return {"provider": name, "max_abs_score_diff": float(np.float32(diff)), "tolerance": tolerance}, [name]
 
 
 def _unprompted_scores(m, tok, task, texts, prompted_logits) -> list[dict[str, Any]]:
