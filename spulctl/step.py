@@ -186,24 +186,24 @@ def _prompted_states(model: nn.Module, batch: Batch, prompt: torch.Tensor, share
     body, _ = body_and_head(model)
     b, p = batch.input_ids.shape[0], prompt.shape[0]
     mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)  # (b, p + t)
-    table = body.get_input_embeddings().weight  # (V, d), frozen
+    embed = body.get_input_embeddings()  # (V, d) table, frozen
     if prepend_kernel:
         from spulctl.kernels.prompt_prepend import prompt_prepend
-
-        if shared_prefix:
-            prompt, embeds = prompt_prepend(prompt, table, batch.input_ids, table.dtype, shared=True)
-            cache = prompt_prefix_cache(model, prompt[0], b)
-            out = body(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True)
-            return out.last_hidden_state, 0
-        full = prompt_prepend(prompt, table, batch.input_ids, table.dtype)  # (b, p + t, d)
-        return body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
-    embeds = body.get_input_embeddings()(batch.input_ids)  # (b, t, d)
-    prompt = prompt.to(embeds.dtype)
     if shared_prefix:
-        cache = prompt_prefix_cache(model, prompt, b)
+        if prepend_kernel:  # φ cast once (1, p, d) and the gathered token embeddings (b, t, d)
+            phi, embeds = prompt_prepend(prompt, embed.weight, batch.input_ids, embed.weight.dtype, shared=True)
+            phi = phi[0]
+        else:
+            embeds = embed(batch.input_ids)  # (b, t, d)
+            phi = prompt.to(embeds.dtype)
+        cache = prompt_prefix_cache(model, phi, b)
         out = body(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True)
         return out.last_hidden_state, 0  # positions p .. p+t-1 in the model's frame
-    full = torch.cat([prompt.unsqueeze(0).expand(b, -1, -1), embeds], dim=1)  # (b, p + t, d)
+    if prepend_kernel:
+        full = prompt_prepend(prompt, embed.weight, batch.input_ids, embed.weight.dtype)  # (b, p + t, d)
+    else:
+        embeds = embed(batch.input_ids)
+        full = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1), embeds], dim=1)  # (b, p + t, d)
     return body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
 
 
