@@ -25,8 +25,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--heads", default=",".join(f"{v}x{d}" for v, d in HEADS), help="VxD,... (output heads)")
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="answer rows M, comma-separated")
+    ap.add_argument("--impls", default="triton,eager,compile", help="from triton, eager, compile")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    heads = [tuple(int(x) for x in h.split("x")) for h in args.heads.split(",")]
+    ms, impls = [int(m) for m in args.ms.split(",")], args.impls.split(",")
     import torch
     import triton.testing
     from spulctl.kernels.answer_head_loss import answer_head_loss, answer_head_loss_reference
@@ -37,9 +42,9 @@ def main() -> None:
     bandwidth = _bandwidth(torch, triton, dev)
     compiled = torch.compile(answer_head_loss_reference)
     rows = []
-    for v, d in HEADS:
+    for v, d in heads:
         w = torch.randn(v, d, device=dev, dtype=dtype) / d**0.5
-        for m in MS:
+        for m in ms:
             h = torch.randn(m, d, device=dev, dtype=dtype, requires_grad=True)
             h_ref = torch.randn(max(1, m // 2), d, device=dev, dtype=dtype)
             targets = torch.randint(0, v, (m,), device=dev)
@@ -50,10 +55,11 @@ def main() -> None:
             inputs = (h, h_ref, w, targets, w_ce, ref_idx, w_kl)
             for name, fn in (("triton", answer_head_loss), ("eager", answer_head_loss_reference),
                              ("compile", compiled)):
-                row[name] = _time(torch, triton, fn, inputs, args.reps)
+                if name in impls:
+                    row[name] = _time(torch, triton, fn, inputs, args.reps)
             floor_ms = 2 * v * d * w.element_size() / bandwidth * 1e3
             row["floor_ms"] = floor_ms
-            if row["triton"]["ms"]:
+            if row.get("triton", {}).get("ms"):
                 row["triton"]["fraction_of_floor"] = floor_ms / row["triton"]["ms"]
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -7,11 +7,15 @@ the KL term fetched per sample from a cache of full-vocabulary logits built by a
 Ours: the same P-tuning MLP, with each fast-step switch on (``all``) or one turned off at a time.
 
 Every configuration runs in its own subprocess (so peak RSS is its own), configurations alternate in rounds,
-and each reports samples/s over ``--steps`` timed steps after ``--warmup`` steps, and peak RSS.
+and each reports samples/s over ``--steps`` timed steps after ``--warmup`` steps, and peak memory: the process's
+peak RSS on the CPU, ``torch.cuda.max_memory_allocated`` with ``--device cuda`` (where ``--dtype`` picks the
+weights' precision, bf16 by default as ``spulctl unlearn`` uses on CUDA).
 
 Usage:
     python benchmarks/bench_unlearn.py --model runs/fam-sst2 --data ../shared/data/sst2-spul \
         --batch-size 16 --steps 6 --rounds 2 --out benchmarks/results/unlearn_cpu.json
+    python benchmarks/bench_unlearn.py --device cuda --model fam/ --data splits/ --forget 400 --retain 800 \
+        --batch-size 32 --steps 30 --warmup 5 --rounds 3 --out benchmarks/results/unlearn_h100.json
 """
 
 from __future__ import annotations
@@ -28,20 +32,34 @@ from pathlib import Path
 from _report import finish
 
 CONFIGS = ("reference", "ours", "ours-no-answer-only", "ours-no-shared-prefix", "ours-no-cached-reference")
+GPU_CONFIGS = ("ours-triton",)  # the fused answer-head loss and prompt_prepend kernels (--kernels triton); CUDA only
 
 
-def _rss_mb() -> float:
+def _peak_mb(device: str) -> float:
+    """Peak memory so far: the process's max RSS on the CPU, the CUDA caching allocator's peak on a GPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _examples(model_spec: str, data: str, n_forget: int, n_retain: int):
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _examples(model_spec: str, data: str, n_forget: int, n_retain: int, device: str = "cpu", dtype: str = "auto"):
     import random
 
     from spulctl.data.readers import find_split_file, read_records
     from spulctl.data.task import TaskSpec, encode, label_vocab
     from spulctl.models import load_model
 
-    model, tok = load_model(model_spec, device="cpu")
+    model, tok = load_model(model_spec, device=device, dtype=dtype)
     for p in model.parameters():
         p.requires_grad_(False)
     task = TaskSpec()
@@ -54,18 +72,18 @@ def _examples(model_spec: str, data: str, n_forget: int, n_retain: int):
     return model, tok, examples, len(forget)
 
 
-def run_ours(args, switches: dict) -> dict:
+def run_ours(args, switches: dict, kernels: str = "torch") -> dict:
     import torch
 
     from spulctl.loss import LossWeights
     from spulctl.methods.base import AnswerObjective, reference_hidden
     from spulctl.prompt import init_vectors, soft_prompt
-    from spulctl.step import StepOptions, body_and_head, prompted_logits
+    from spulctl.step import StepOptions, body_and_head, prompted_hidden, prompted_logits
 
-    model, tok, examples, n_f = _examples(args.model, args.data, args.forget, args.retain)
-    base_rss = _rss_mb()
-    opts = StepOptions(**switches)
-    prompt = soft_prompt(init_vectors(model, tok, args.p, "vocab", 0), "mlp")
+    model, tok, examples, n_f = _examples(args.model, args.data, args.forget, args.retain, args.device, args.dtype)
+    base_rss = _peak_mb(args.device)
+    opts = StepOptions(**switches, prepend_kernel=kernels == "triton")
+    prompt = soft_prompt(init_vectors(model, tok, args.p, "vocab", 0), "mlp").to(args.device)
     head = body_and_head(model)[1]
     t0 = time.perf_counter()
     ref = None
@@ -78,7 +96,8 @@ def run_ours(args, switches: dict) -> dict:
     obj = AnswerObjective(examples, n_f, list(prompt.named_parameters()),
                           lambda b: prompted_logits(model, b, prompt(), opts), ref,
                           lambda b: prompted_logits(model, b, None, opts), head, LossWeights(), tok.pad_token_id,
-                          "cpu")
+                          args.device, hidden_fn=lambda b: prompted_hidden(model, b, prompt(), opts),
+                          ref_hidden_fn=lambda b: prompted_hidden(model, b, None, opts), kernels=kernels)
     opt = torch.optim.AdamW(prompt.parameters(), lr=1e-4)
     return _time_steps(args, obj.lengths(), lambda idx: obj.loss(idx)["loss"], opt, base_rss, prep)
 
@@ -90,33 +109,35 @@ def run_reference(args) -> dict:
 
     from spulctl.step import collate
 
-    model, tok, examples, n_f = _examples(args.model, args.data, args.forget, args.retain)
-    base_rss = _rss_mb()
+    model, tok, examples, n_f = _examples(args.model, args.data, args.forget, args.retain, args.device, args.dtype)
+    dev = args.device
+    base_rss = _peak_mb(dev)
     # Reference logits cache: one full forward per retain sample, full-vocabulary logits at the answer position.
     t0 = time.perf_counter()
     cache: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
         for i in range(n_f, len(examples)):
-            b = collate([examples[i]], tok.pad_token_id)
+            b = collate([examples[i]], tok.pad_token_id).to(dev)
             logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (1, t, V)
             cache[i] = logits[0, examples[i].answer_pos].float().clone()
+    _sync(dev)
     prep = time.perf_counter() - t0
     peft_model = get_peft_model(model, PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.p,
-                                                           encoder_hidden_size=128))
+                                                           encoder_hidden_size=128)).to(dev)
     p = args.p
 
     def loss_fn(idx):
-        batch = collate([examples[i] for i in idx], tok.pad_token_id, idx)
+        batch = collate([examples[i] for i in idx], tok.pad_token_id, idx).to(dev)
         labels = torch.full_like(batch.input_ids, -100)
         for r, i in enumerate(idx):
             e = examples[i]
-            labels[r, e.answer_pos + 1: e.answer_pos + 1 + len(e.target_ids)] = torch.tensor(e.target_ids)
+            labels[r, e.answer_pos + 1: e.answer_pos + 1 + len(e.target_ids)] = torch.tensor(e.target_ids, device=dev)
         out = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         logits = out.logits[:, p:]  # (b, t, V) full-sequence logits, virtual tokens dropped
         shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
         per_tok = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
         per_row = per_tok.sum(1) / (shift_labels != -100).sum(1)
-        is_f = torch.tensor([i < n_f for i in idx])
+        is_f = torch.tensor([i < n_f for i in idx], device=dev)
         l_f = per_row[is_f].mean() if is_f.any() else per_row.new_zeros(())
         l_r = per_row[~is_f].mean() if (~is_f).any() else per_row.new_zeros(())
         l_kl = per_row.new_zeros(())
@@ -142,6 +163,7 @@ def _time_steps(args, lengths, loss_fn, opt, base_rss: float, prep: float) -> di
     seen, t = 0, 0.0
     for s in range(args.warmup + args.steps):
         if s == args.warmup:
+            _sync(args.device)
             t = time.perf_counter()
         loss = loss_fn(batches[s])
         opt.zero_grad()
@@ -149,8 +171,9 @@ def _time_steps(args, lengths, loss_fn, opt, base_rss: float, prep: float) -> di
         opt.step()
         if s >= args.warmup:
             seen += len(batches[s])
+    _sync(args.device)
     dt = time.perf_counter() - t
-    peak = _rss_mb()
+    peak = _peak_mb(args.device)
     return {"samples_per_s": seen / dt, "step_s": dt / args.steps, "peak_rss_mb": peak,
             "peak_above_model_mb": peak - base_rss, "prep_s": prep}
 
@@ -162,6 +185,8 @@ def child(args) -> None:
     name = args.child
     if name == "reference":
         res = run_reference(args)
+    elif name == "ours-triton":
+        res = run_ours(args, {"answer_only": True, "shared_prefix": True, "cached_reference": True}, "triton")
     else:
         off = name.removeprefix("ours").removeprefix("-no-").replace("-", "_")
         switches = {"answer_only": True, "shared_prefix": True, "cached_reference": True}
@@ -183,13 +208,18 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+    ap.add_argument("--configs", default=None, help=f"comma-separated, from {', '.join(CONFIGS + GPU_CONFIGS)} "
+                    "(default: all that run on --device)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
         return
+    if args.configs is None:
+        args.configs = ",".join(CONFIGS + (GPU_CONFIGS if args.device.startswith("cuda") else ()))
     results: dict[str, list[dict]] = {}
     for rnd in range(args.rounds):
         for name in args.configs.split(","):
@@ -215,7 +245,13 @@ def main() -> None:
         summary["speedup"] = ours["samples_per_s_mean"] / ref["samples_per_s_mean"]
         summary["memory_ratio_total"] = ours["peak_rss_mb"] / ref["peak_rss_mb"]
         summary["memory_ratio_above_model"] = ours["peak_above_model_mb"] / ref["peak_above_model_mb"]
-    finish(args.out, summary, threads=args.threads, settings=vars(args) | {"out": str(args.out)}, runs=results)
+    memory = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS"
+    if args.device.startswith("cuda"):
+        import torch
+
+        summary["device_name"] = torch.cuda.get_device_name()
+    finish(args.out, summary, memory=memory, threads=args.threads, settings=vars(args) | {"out": str(args.out)},
+           runs=results)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Alias, HF directory, .gguf file or hub id.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+DtypeOpt = Annotated[str, typer.Option(help="Model weights/activations: auto (bf16 on CUDA, fp32 on CPU) | float32 | "
+                                            "bfloat16 | float16.")]
 
 
 @models_app.command("list")
@@ -199,6 +201,7 @@ def eval_(
     robustness: Annotated[bool, typer.Option("--robustness", help="Score rewritten forget queries too.")] = False,
     kernels: Annotated[str, typer.Option(help="auto | triton | torch (fused head for the MIA token scores).")]
     = "auto",
+    dtype: DtypeOpt = "auto",
     junit: Annotated[Path | None, typer.Option(help="Write the gates as JUnit XML here.")] = None,
     ignore_fingerprint: Annotated[bool, typer.Option("--ignore-fingerprint")] = False,
     overwrite: OverwriteOpt = False,
@@ -216,7 +219,8 @@ def eval_(
     with RichEvents(console) as events:
         report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
-                          mia=mia, plots=plots, robustness=robustness, kernels=kernels, on_event=events)
+                          mia=mia, plots=plots, robustness=robustness, kernels=kernels, dtype=dtype,
+                          on_event=events)
     table = Table("subject", *[f"{s} %" for s in ("train_retain ↑", "train_forget ↓", "test_retain ↑",
                                                   "test_forget ↓")], title="accuracy (Δ vs model)")
     for name, per in report["results"].items():
@@ -395,6 +399,7 @@ def unlearn(
     tau: Annotated[float, typer.Option(help="Train on this fraction of the forget set.")] = 1.0,
     report_before: Annotated[bool, typer.Option(help="Also score the model without the artifact.")] = True,
     kernels: Annotated[str, typer.Option(help="auto | triton | torch (fused answer-head loss).")] = "auto",
+    dtype: DtypeOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -417,6 +422,7 @@ def unlearn(
         lora=LoraSettings(), full=full, answer_only=not no_answer_only, shared_prefix=not no_shared_prefix,
         cached_reference=not no_cached_reference, eval_limit=eval_limit, retain_limit=retain_limit,
         eval_every=eval_every, keep=keep, tau=tau, report_before=report_before, kernels=kernels,
+        dtype=dtype,
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)

@@ -44,6 +44,8 @@ class UnlearnConfig:
         full: baselines fine-tune all weights instead of LoRA.
         eval_limit: records per test split in the before/after report (None = all, 0 = none).
         kernels: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch`` for the answer-head loss.
+        dtype: weights and activations: ``auto`` (bf16 on CUDA, fp32 elsewhere), ``float32``, ``bfloat16``,
+            ``float16``; the soft prompt itself always trains in fp32.
         report_before: also score the model without the artifact (the "before" column).
         tau: train on this seeded fraction of the forget set (paper Table 3).
         eval_every: every this many epochs, score held-out slices (``holdout`` of forget and of retain, taken out
@@ -82,6 +84,7 @@ class UnlearnConfig:
     tau: float = 1.0
     report_before: bool = True
     kernels: str = "auto"
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         from spulctl.loss import LossWeights
@@ -178,7 +181,7 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     forget, retain, hashes = load_inputs(cfg, note)
     method_cls = get_method(cfg.method)
     task = TaskSpec(generic_labels=tuple(cfg.generic_labels))
-    model, tok = load_model(cfg.model, progress=note)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, progress=note)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()

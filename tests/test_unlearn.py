@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,18 @@ def test_prompt_init_from_the_split_entities(tiny_model_dir: Path, demo_splits: 
     bad = runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "-o",
                               str(tmp_path / "c"), "--prompt-init", "entities", "--max-steps", "1"])
     assert bad.exit_code == 2 and "--prompt-init entities" in bad.output and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_bf16_model_with_cached_reference(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path, kernels: str):
+    """A bf16 model (what --dtype auto picks on CUDA) trains with the fp32 reference cache: the cached rows are
+    cast to the head's dtype and kept on its device (regression: the first H100 run failed on both paths)."""
+    if kernels == "triton":
+        pytest.importorskip("triton")
+    events: list[dict] = []
+    meta = unlearn(_cfg(tiny_model_dir, demo_splits, tmp_path / "b", dtype="bfloat16", kernels=kernels,
+                        eval_limit=0, train={"max_steps": 4}), on_event=events.append)
+    losses = [e["parts"]["loss"] for e in events if e["kind"] == "step"]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert any(e["parts"]["l_kl"] > 0 for e in events if e["kind"] == "step")  # the cached reference was used
+    assert meta["settings"]["dtype"] == "bfloat16"

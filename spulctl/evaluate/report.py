@@ -58,7 +58,8 @@ Results = dict[str, dict[str, dict]]
 
 def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, batch_size: int, emit: Event,
                       ignore_fingerprint: bool = False, mia: bool = False,
-                      robustness: bool = False, kernels: str = "auto") -> tuple[Results, dict[str, dict]]:
+                      robustness: bool = False, kernels: str = "auto",
+                      dtype: str = "auto") -> tuple[Results, dict[str, dict]]:
     """Score every subject on every split present (and, with ``robustness``, on rewritten forget queries,
     stored as ``probe:<name>`` entries).
 
@@ -98,7 +99,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     for subj in subjects:
         if subj.model not in loaded:
             loaded.clear()  # one model in memory at a time
-            loaded[subj.model] = load_model(subj.model)
+            loaded[subj.model] = load_model(subj.model, dtype=dtype)
         model, tok = loaded[subj.model]
         which = resolve_kernels(kernels, next(model.parameters()).device)
         task, scorer, phi = TaskSpec(), None, None

@@ -69,6 +69,8 @@ class AnswerObjective:
                  pad_id: int, device: Any, hidden_fn: Callable[[Batch], torch.Tensor] | None = None,
                  ref_hidden_fn: Callable[[Batch], torch.Tensor] | None = None, kernels: str = "torch") -> None:
         self.examples, self.n_forget, self.params = examples, n_forget, params
+        # the cached rows live where the head is, in its dtype: indexed by the batch's (device) indices each step
+        ref_hidden = None if ref_hidden is None else ref_hidden.to(device, head.weight.dtype)
         self.logits_fn, self.ref_hidden, self.ref_logits_fn = logits_fn, ref_hidden, ref_logits_fn
         self.head, self.weights, self.pad_id, self.device = head, weights, pad_id, device
         self.hidden_fn, self.ref_hidden_fn, self.kernels = hidden_fn, ref_hidden_fn, kernels
@@ -94,7 +96,7 @@ class AnswerObjective:
             if self.ref_hidden is not None:
                 rows = batch.index[~is_forget] - self.n_forget  # (m,)
                 with torch.no_grad():
-                    r = self.head(self.ref_hidden[rows].to(self.device)).float()  # (m, V)
+                    r = self.head(self.ref_hidden[rows]).float()  # (m, V)
             else:
                 with torch.no_grad():
                     r = self.ref_logits_fn(batch)[~is_forget, 0]  # (m, V): a second, unprompted forward
@@ -107,7 +109,7 @@ class AnswerObjective:
         if self.weights.kl > 0 and bool((~is_forget).any()):
             with torch.no_grad():
                 if self.ref_hidden is not None:
-                    ref = self.ref_hidden[batch.index[~is_forget] - self.n_forget].to(self.device)  # (m, d)
+                    ref = self.ref_hidden[batch.index[~is_forget] - self.n_forget]  # (m, d)
                 else:
                     ref = self.ref_hidden_fn(batch)[~is_forget, 0]  # (m, d): a second, unprompted forward
         return fused_unlearning_loss(self.hidden_fn(batch), batch.targets, is_forget, ref, self.head.weight,
