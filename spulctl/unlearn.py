@@ -18,10 +18,11 @@ from spulctl.data.readers import ReadOptions, find_split_file, read_records
 from spulctl.data.task import DEFAULT_GENERIC_LABELS, TaskSpec
 from spulctl.errors import DataError, SpulError
 from spulctl.familiarize import LoraSettings, evaluate_splits
-from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir
+from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir, write_jsonl_atomic
 from spulctl.train import TrainConfig, fit
 
 Event = Callable[[dict[str, Any]], None]
+RETAIN_FILE = "retain_used.jsonl"  # model-labelled retain records, saved with the artifact for inspection
 
 
 @dataclass
@@ -187,9 +188,10 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     model.eval()
     base_fp = fingerprint(model)
     vocab = label_vocab(task, tok)
-    retain_source = "labelled retain file"
+    retain_source, model_labelled = "labelled retain file", None
     if retain is None and method_cls.uses_retain:
         retain, retain_source = _retain_without_labels(cfg, model, tok, task, forget, emit)
+        model_labelled = retain
     retain = retain if method_cls.uses_retain else []
     held_f, held_r = [], []
     if cfg.eval_every:
@@ -222,6 +224,11 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         "metrics": {"before": before, "after": after},
     }
     with staged_dir(cfg.out, overwrite=True) as stage:
+        if model_labelled is not None:  # what the model wrote / labelled itself: kept so users can inspect it
+            stage.mkdir(parents=True, exist_ok=True)
+            write_jsonl_atomic(stage / RETAIN_FILE, model_labelled)
+            meta["data"]["retain_file"] = {"name": RETAIN_FILE, "records": len(model_labelled),
+                                           "sha256": sha256_file(stage / RETAIN_FILE)}
         method.save(stage, meta)
     shutil.rmtree(ckpt, ignore_errors=True)
     return meta

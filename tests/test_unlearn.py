@@ -194,6 +194,17 @@ def test_self_generated_retain_set(tiny_model_dir: Path, demo_splits: Path, tmp_
     meta = unlearn(cfg)
     assert 4 <= meta["data"]["retain_records"] <= 16
     assert "written by the model itself" in meta["data"]["retain_source"]
+    # the texts the model wrote and the labels it gave them are saved with the bundle, hash-checked by verify
+    from spulctl.bundle import BundleError, verify_bundle
+
+    saved = [json.loads(x) for x in (tmp_path / "b" / "retain_used.jsonl").read_text().splitlines()]
+    assert len(saved) == meta["data"]["retain_records"] == meta["data"]["retain_file"]["records"]
+    assert all(r["text"].strip() and r["label"] in ("negative", "positive") for r in saved)
+    verify_bundle(tmp_path / "b")
+    with open(tmp_path / "b" / "retain_used.jsonl", "a") as f:
+        f.write('{"text": "tampered", "label": "positive"}\n')
+    with pytest.raises(BundleError, match=r"retain_used\.jsonl"):
+        verify_bundle(tmp_path / "b")
 
 
 def _cli(tiny_model_dir: Path, out: Path, *args: str):
