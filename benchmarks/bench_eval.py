@@ -7,7 +7,10 @@ Configurations (all predict the top-1 next token over the whole vocabulary at th
 * ``naive-batched`` — batches in file order padded to their longest text, ``model(...).logits`` for every
   position (b, t, V) in fp32, argmax at the answer position;
 * ``naive-single``  — one text at a time: tokenizer call, ``model(...).logits``, argmax of the last position (the
-  loop most evaluation scripts start from).
+  loop most evaluation scripts start from);
+* ``ours-onnx``     — ``spulctl eval --backend onnx``: the subject exported to ONNX Runtime once (KV prefix baked
+  in, checked against torch; that one-off time is reported as ``onnx_export_s``), then length-sorted batches
+  through the graph with IOBinding (``--no-onnx`` leaves it out).
 
 With ``--bundle`` every configuration runs with the soft prompt (ours: shared KV prefix; naive: the prompt
 concatenated to the input embeddings). Configurations alternate in rounds; reports examples/s (median over rounds)
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="sentences per configuration and round")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime configuration")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -96,6 +100,16 @@ def main() -> None:
         return out
 
     configs = {"ours": ours, "naive-batched": naive_batched, "naive-single": naive_single}
+    export_s = None
+    if not args.no_onnx:
+        from spulctl.evaluate.onnx_backend import OnnxSubject
+
+        t0 = time.perf_counter()
+        onnx = OnnxSubject(args.model, Path(args.bundle) if args.bundle else None, args.batch_size,
+                           lambda _e: None, threads=torch.get_num_threads()).__enter__()  # same threads as torch
+        export_s = time.perf_counter() - t0
+        print(f"onnx export + check: {export_s:.1f} s", flush=True)
+        configs["ours-onnx"] = lambda: onnx.predictions(rows).full.tolist()
     times: dict[str, list[float]] = {k: [] for k in configs}
     preds: dict[str, list[int]] = {}
     for rnd in range(args.rounds):
@@ -111,6 +125,9 @@ def main() -> None:
                for name, t in times.items()}
     for name in ("naive-batched", "naive-single"):
         summary[f"speedup_vs_{name}"] = summary[name]["median_s"] / summary["ours"]["median_s"]
+        if "ours-onnx" in summary:
+            summary[f"onnx_speedup_vs_{name}"] = summary[name]["median_s"] / summary["ours-onnx"]["median_s"]
+    summary["onnx_export_s"] = export_s
     summary["prediction_agreement_with_ours"] = agree
     finish(args.out, summary, threads=torch.get_num_threads(), n=len(rows), batch_size=args.batch_size,
            bundle=args.bundle)

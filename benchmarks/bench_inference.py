@@ -75,7 +75,7 @@ def main() -> None:
         return run
 
     def ort_runner(folder: Path):
-        pred = OnnxPredictor(folder, provider="cpu")
+        pred = OnnxPredictor(folder, provider="cpu", threads=torch.get_num_threads())  # as many threads as torch
 
         def run(bs: int) -> list[float]:
             times = []

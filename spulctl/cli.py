@@ -202,6 +202,9 @@ def eval_(
     kernels: Annotated[str, typer.Option(help="auto | triton | torch (fused head for the MIA token scores).")]
     = "auto",
     dtype: DtypeOpt = "auto",
+    backend: Annotated[str, typer.Option(help="torch | onnx: score the splits through an ONNX Runtime export of "
+                                              "each subject (checked against torch first; faster on the CPU).")]
+    = "torch",
     junit: Annotated[Path | None, typer.Option(help="Write the gates as JUnit XML here.")] = None,
     ignore_fingerprint: Annotated[bool, typer.Option("--ignore-fingerprint")] = False,
     overwrite: OverwriteOpt = False,
@@ -220,7 +223,7 @@ def eval_(
         report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
                           mia=mia, plots=plots, robustness=robustness, kernels=kernels, dtype=dtype,
-                          on_event=events)
+                          backend=backend, on_event=events)
     table = Table("subject", *[f"{s} %" for s in ("train_retain ↑", "train_forget ↓", "test_retain ↑",
                                                   "test_forget ↓")], title="accuracy (Δ vs model)")
     for name, per in report["results"].items():

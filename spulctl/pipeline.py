@@ -50,7 +50,7 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
              compare: list[str] | None = None, limit: int | None = None, batch_size: int = 32,
              gates: dict[str, float | None] | None = None, junit: Path | None = None, overwrite: bool = False,
              ignore_fingerprint: bool = False, mia: bool = False, plots: Path | None = None,
-             robustness: bool = False, kernels: str = "auto", dtype: str = "auto",
+             robustness: bool = False, kernels: str = "auto", dtype: str = "auto", backend: str = "torch",
              on_event: Event | None = None) -> dict[str, Any]:
     """``spulctl eval``: score the model (and bundle, and comparisons), check gates, write the report.
 
@@ -83,11 +83,12 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
     gates = dict(gates or {})
     mia = mia or gates.get("max_mia_auc") is not None
     results, mia_results = evaluate_subjects(subjects, splits, limit, batch_size, emit, ignore_fingerprint, mia,
-                                             robustness, kernels, dtype)
+                                             robustness, kernels, dtype, backend)
     primary = "bundle" if bundle is not None else "model"
     checked = check_gates(results[primary], results["model"], mia=mia_results.get(primary), **gates)
     report = build_report(results, "model", subjects, splits, limit, checked, mia_results)
     report["primary"] = primary
+    report["backend"] = backend
     extra: dict[str, Path] = {}
     if plots is not None:
         inside = out is not None and plots.resolve().is_relative_to(out.resolve())

@@ -184,3 +184,20 @@ def test_robustness_probes(tiny_model_dir: Path, demo_splits: Path, bundle: Path
     for subject in ("model", "bundle"):
         assert {"probe:upper", "probe:first-name"} <= set(report["results"][subject])
     assert "Robustness" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_onnx_backend_matches_torch(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):
+    """--backend onnx scores each subject through its ONNX Runtime export: the same report numbers as torch."""
+    pytest.importorskip("onnxruntime")
+    reports = {}
+    for backend in ("torch", "onnx"):
+        result = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--bundle",
+                                     str(bundle), "-o", str(tmp_path / backend), "--limit", "30", "--robustness",
+                                     "--backend", backend])
+        assert result.exit_code == 0, result.output
+        reports[backend] = json.loads((tmp_path / backend / "report.json").read_text())
+    assert reports["onnx"]["backend"] == "onnx"
+    assert reports["onnx"]["results"] == reports["torch"]["results"]
+    assert any(k.startswith("probe:") for k in reports["onnx"]["results"]["bundle"])
+    bad = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--backend", "tensorrt"])
+    assert bad.exit_code != 0 and "--backend tensorrt" in bad.output

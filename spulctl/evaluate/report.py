@@ -17,6 +17,7 @@ from spulctl.data.readers import SPLIT_NAMES
 from spulctl.errors import SpulError
 
 SCHEMA_VERSION = 1
+BACKENDS = ("torch", "onnx")
 ARROWS = {"train_retain": "↑", "train_forget": "↓", "test_retain": "↑", "test_forget": "↓"}
 Event = Callable[[dict[str, Any]], None]
 
@@ -59,12 +60,14 @@ Results = dict[str, dict[str, dict]]
 def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, batch_size: int, emit: Event,
                       ignore_fingerprint: bool = False, mia: bool = False,
                       robustness: bool = False, kernels: str = "auto",
-                      dtype: str = "auto") -> tuple[Results, dict[str, dict]]:
+                      dtype: str = "auto", backend: str = "torch") -> tuple[Results, dict[str, dict]]:
     """Score every subject on every split present (and, with ``robustness``, on rewritten forget queries,
     stored as ``probe:<name>`` entries).
 
     ``kernels`` (``auto|triton|torch``) picks how the membership-inference attacks score every token position:
-    the fused Triton head (forward only, logits never materialised) or chunked torch logits.
+    the fused Triton head (forward only, logits never materialised) or chunked torch logits. ``backend``
+    ``onnx`` scores the splits (and probes) through each subject's ONNX Runtime export instead of torch
+    (:mod:`spulctl.evaluate.onnx_backend`); membership inference still runs in torch.
 
     Returns:
         subject -> split -> metrics, and (with ``mia``) subject -> membership-inference results.
@@ -96,7 +99,19 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     loaded: dict[str, Any] = {}
     results: dict[str, dict[str, dict]] = {}
     mia_results: dict[str, dict] = {}
+    if backend not in BACKENDS:
+        raise SpulError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     for subj in subjects:
+        if backend == "onnx":
+            from spulctl.evaluate.onnx_backend import OnnxSubject
+
+            with OnnxSubject(subj.model, subj.bundle, batch_size, emit, ignore_fingerprint) as onnx:
+                results[subj.name] = {split: onnx.score(rows, f"{subj.name} {split}")
+                                      for split, rows in records.items()}
+                for probe, rows in (probes or {}).items():
+                    results[subj.name][f"probe:{probe}"] = onnx.score(rows, f"{subj.name} probe {probe}")
+            if not mia:
+                continue
         if subj.model not in loaded:
             loaded.clear()  # one model in memory at a time
             loaded[subj.model] = load_model(subj.model, dtype=dtype)
@@ -110,13 +125,14 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
             phi = bundle.prompt.to(next(model.parameters()).device)
             scorer = lambda m, b, phi=phi: prompted_logits(m, b, phi)  # noqa: E731
         vocab = label_vocab(task, tok)
-        results[subj.name] = {}
-        for split, rows in records.items():
-            results[subj.name][split] = score_records(model, tok, task, vocab, rows, batch_size, emit,
-                                                      f"{subj.name} {split}", scorer)
+        if backend == "torch":
+            results[subj.name] = {}
+            for split, rows in records.items():
+                results[subj.name][split] = score_records(model, tok, task, vocab, rows, batch_size, emit,
+                                                          f"{subj.name} {split}", scorer)
         if mia:
             mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name, which)
-        for probe, rows in (probes or {}).items():
+        for probe, rows in (probes or {}).items() if backend == "torch" else ():
             results[subj.name][f"probe:{probe}"] = score_records(model, tok, task, vocab, rows, batch_size, emit,
                                                                  f"{subj.name} probe {probe}", scorer)
     return results, mia_results

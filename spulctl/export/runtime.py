@@ -50,9 +50,11 @@ class OnnxPredictor:
         folder: export directory (``spulctl export``).
         provider: ``auto`` (CUDA if onnxruntime has it, else CPU), ``cuda`` or ``cpu``.
         batch_size: texts per run.
+        threads: ONNX Runtime's intra-op threads (None: its default, one per physical core).
     """
 
-    def __init__(self, folder: str | Path, provider: str = "auto", batch_size: int = 32) -> None:
+    def __init__(self, folder: str | Path, provider: str = "auto", batch_size: int = 32,
+                 threads: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -71,7 +73,10 @@ class OnnxPredictor:
             wanted = [PROVIDERS[provider]]
         else:
             raise ExportError(f"--provider {provider}: not available (onnxruntime has {', '.join(available)})")
-        self.session = ort.InferenceSession(str(self.folder / MODEL_FILE), providers=wanted)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.folder / MODEL_FILE), options, providers=wanted)
         self.provider = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
         self.prefix_values = self._bound_prefix(ort) if self.manifest.get("prefix") == "inputs" else {}

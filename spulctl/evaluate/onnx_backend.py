@@ -1,0 +1,103 @@
+"""``spulctl eval --backend onnx``: score a subject through its ONNX Runtime export (what ``spulctl export`` ships).
+
+The subject (model alone, or model + bundle) is exported once into a temporary directory — the compiled KV
+prefix baked into the graph, checked against torch before it is used, exactly as ``spulctl export`` does — and
+every split is scored by :class:`spulctl.export.runtime.OnnxPredictor`. The graph returns the full-vocabulary
+top-1 token and the label words' log-probabilities at the answer position, which is all the paper's metrics
+need when every label word is one token; multi-token label words are refused (their teacher-forced check needs
+the torch backend).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spulctl.errors import SpulError
+
+if TYPE_CHECKING:
+    from spulctl.evaluate.metrics import Predictions
+
+
+class OnnxSubject:
+    """One subject exported to ONNX Runtime for the lifetime of the object (a context manager).
+
+    Args:
+        model: model spec. bundle: prompt bundle directory, or None for the model alone.
+        batch_size: texts per ONNX Runtime run.
+        emit: progress/note events.
+        threads: ONNX Runtime intra-op threads (None: its default).
+    """
+
+    def __init__(self, model: str, bundle: Path | None, batch_size: int, emit: Callable[[dict], None],
+                 ignore_fingerprint: bool = False, threads: int | None = None) -> None:
+        self.model, self.bundle, self.batch_size, self.emit, self.threads = model, bundle, batch_size, emit, threads
+        self.ignore_fingerprint = ignore_fingerprint
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.predictor: Any = None
+
+    def __enter__(self) -> OnnxSubject:
+        from spulctl.export.runtime import OnnxPredictor
+        from spulctl.pipeline import run_export
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="spulctl-eval-onnx-")
+        out = Path(self._tmp.name) / "onnx"
+        self.emit({"kind": "note", "message": f"exporting {self.bundle or self.model} to ONNX Runtime for scoring"})
+        run_export(self.model, out, bundle=self.bundle, no_bundle=self.bundle is None,
+                   ignore_fingerprint=self.ignore_fingerprint, on_event=self.emit)
+        self.predictor = OnnxPredictor(out, provider="auto", batch_size=self.batch_size, threads=self.threads)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.predictor = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def score(self, rows: list[dict], tag: str) -> dict[str, float]:
+        """Metrics of :func:`spulctl.evaluate.metrics.summarize` for ``rows`` (``{"text", "label"}`` records)."""
+        from spulctl.evaluate.metrics import summarize
+
+        self.emit({"kind": "eval-start", "split": tag, "total": len(rows)})
+        metrics = summarize(self.predictions(rows, lambda n: self.emit({"kind": "eval-step", "split": tag, "n": n})))
+        self.emit({"kind": "eval-done", "split": tag, "metrics": metrics})
+        return metrics
+
+    def predictions(self, rows: list[dict], on_batch: Callable[[int], None] | None = None) -> Predictions:
+        """Per-record predictions, as :func:`spulctl.evaluate.metrics.predict` returns them for torch."""
+        import numpy as np
+
+        from spulctl.evaluate.metrics import OTHER, Predictions
+
+        pred = self.predictor
+        words = list(pred.task.label_words)
+        self._check_single_token_labels()
+        index = {w: i for i, w in enumerate(words)}
+        for i, r in enumerate(rows):
+            if r.get("label") not in index:
+                raise SpulError(f"record {i}: label '{r.get('label')}' is not a label word {words}")
+        n = len(rows)
+        labels = np.array([index[r["label"]] for r in rows], dtype=int)
+        full, restricted, generic = np.full(n, OTHER), np.zeros(n, int), np.zeros(n, bool)
+        first = np.array(pred.label_first)
+        generic_first = np.array(list(pred.generic_first))
+        order = sorted(range(n), key=lambda i: len(rows[i]["text"]))  # similar lengths batch together
+        for s in range(0, n, self.batch_size):
+            idx = order[s: s + self.batch_size]
+            logp, top1 = pred.run(pred._inputs([rows[i]["text"] for i in idx]))  # (b, L), (b,)
+            hit = top1[:, None] == first[None, :]  # (b, L)
+            full[idx] = np.where(hit.any(1), hit.argmax(1), OTHER)
+            restricted[idx] = logp.argmax(1)
+            generic[idx] = (top1[:, None] == generic_first[None, :]).any(1)
+            if on_batch:
+                on_batch(len(idx))
+        return Predictions(labels, full, full == labels, restricted, generic)
+
+    def _check_single_token_labels(self) -> None:
+        pred = self.predictor
+        tok, task = pred.tokenizer, pred.task
+        for word in task.label_words:
+            if len(tok(task.label_prefix + word, add_special_tokens=False)["input_ids"]) != 1:
+                raise SpulError(f"--backend onnx: label word '{word}' is several tokens for this tokenizer; its "
+                                "teacher-forced check needs --backend torch")
