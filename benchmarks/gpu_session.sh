@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh kernels    # compiled-kernel tests + bench_kernels.py (bf16)
 #   bash benchmarks/gpu_session.sh model      # assemble the familiarized model from its parts (fp16 copy)
 #   bash benchmarks/gpu_session.sh sweep NAME:ARGS...  # SPUL runs on SST-2 in parallel, fp32, + the fam baseline
+#                                                      # (RETAIN_LIMIT, default 3000: train_retain has 46k records)
 #   bash benchmarks/gpu_session.sh step       # bench_unlearn.py on CUDA (reference vs ours vs ours-triton)
 #
 # The familiarized SmolLM2 travels as fp16 safetensors parts under .xfer/p1..p5 (each call's upload is capped);
@@ -61,7 +62,8 @@ sweep() {  # each argument: NAME:extra unlearn args (space separated)
         local name=${spec%%:*} extra=${spec#*:}
         # shellcheck disable=SC2086
         timeout "${SWEEP_TIMEOUT:-480}" $PY -m spulctl unlearn --model $FAM --splits $splits -o /tmp/sweep/$name \
-            --dtype float32 --epochs 10 --no-report-before --checkpoint-every 200 $extra >/tmp/sweep/$name.log 2>&1 &
+            --dtype float32 --epochs "${EPOCHS:-10}" --retain-limit "${RETAIN_LIMIT:-3000}" --no-report-before \
+            --checkpoint-every 200 $extra >/tmp/sweep/$name.log 2>&1 &
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p" || true; done
