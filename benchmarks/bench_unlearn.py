@@ -31,7 +31,8 @@ from pathlib import Path
 
 from _report import finish
 
-CONFIGS = ("reference", "ours", "ours-no-answer-only", "ours-no-shared-prefix", "ours-no-cached-reference")
+CONFIGS = ("reference", "ours", "ours-no-answer-only", "ours-no-shared-prefix", "ours-no-cached-reference",
+           "ours-no-lean-mlp")
 GPU_CONFIGS = ("ours-triton",)  # the fused answer-head loss and prompt_prepend kernels (--kernels triton); CUDA only
 
 
@@ -189,7 +190,7 @@ def child(args) -> None:
         res = run_ours(args, {"answer_only": True, "shared_prefix": True, "cached_reference": True}, "triton")
     else:
         off = name.removeprefix("ours").removeprefix("-no-").replace("-", "_")
-        switches = {"answer_only": True, "shared_prefix": True, "cached_reference": True}
+        switches = {"answer_only": True, "shared_prefix": True, "cached_reference": True, "lean_mlp": True}
         if off:
             switches[off] = False
         res = run_ours(args, switches)

@@ -146,12 +146,15 @@ class StepOptions:
         prepend_kernel: build the prompted input with the fused Triton ``prompt_prepend`` (``--kernels triton``):
             one (b, p + t, d) buffer and a deterministic ∂φ reduction on the concatenate path; on the
             shared-prefix path it prepares only φ in the compute dtype and the gathered token embeddings.
+        lean_mlp: run SiLU-gated MLPs through :func:`spulctl.lean_mlp.lean_swiglu` (one (b, t, I) tensor per
+            layer fewer kept for the backward pass; bit-identical results).
     """
 
     answer_only: bool = True
     shared_prefix: bool = True
     cached_reference: bool = True
     prepend_kernel: bool = False
+    lean_mlp: bool = True
 
 
 def prompt_prefix_cache(model: nn.Module, prompt: torch.Tensor, batch_size: int) -> Any:
@@ -221,9 +224,19 @@ def prompted_hidden(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
     if prompt is None:
         return answer_hidden(model, batch)
     opts = opts or StepOptions()
-    hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix, opts.prepend_kernel)
+    with _mlp_mode(model, opts):
+        hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix, opts.prepend_kernel)
     idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (b, k, d)
     return hidden.gather(1, idx)
+
+
+def _mlp_mode(model: nn.Module, opts: StepOptions):
+    """The lean-SwiGLU context when ``opts.lean_mlp``, else a no-op one."""
+    from contextlib import nullcontext
+
+    from spulctl.lean_mlp import lean_swiglu
+
+    return lean_swiglu(model) if opts.lean_mlp else nullcontext()
 
 
 def prompted_logits(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
@@ -237,7 +250,8 @@ def prompted_logits(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
     if prompt is None:
         hidden, offset = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state, 0
     else:
-        hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix, opts.prepend_kernel)
+        with _mlp_mode(model, opts):
+            hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix, opts.prepend_kernel)
     logits = head(hidden)  # (b, t', V)
     idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
     return logits.gather(1, idx).float()

@@ -46,7 +46,7 @@ def test_fast_step_equals_naive_step_on_smollm2(smollm2):
     emb = model.get_input_embeddings().weight
     phi = emb[torch.randint(0, emb.shape[0], (8,))].clone().requires_grad_(True)
 
-    naive = StepOptions(answer_only=False, shared_prefix=False, cached_reference=False)
+    naive = StepOptions(answer_only=False, shared_prefix=False, cached_reference=False, lean_mlp=False)
     with torch.no_grad():
         r_naive = prompted_logits(model, batch, None, naive)[~is_forget, 0]
     ref = unlearning_loss(prompted_logits(model, batch, phi, naive), batch.targets, is_forget, r_naive, w)

@@ -44,7 +44,7 @@ def _batch(tok, n: int = 6):
 
 def naive_loss(model, batch, phi, is_forget, w: LossWeights):
     """The reference: concatenate the prompt, full logits, second unprompted forward for r."""
-    full = StepOptions(answer_only=False, shared_prefix=False, cached_reference=False)
+    full = StepOptions(answer_only=False, shared_prefix=False, cached_reference=False, lean_mlp=False)
     q = prompted_logits(model, batch, phi, full)
     with torch.no_grad():
         r = prompted_logits(model, batch, None, full)[~is_forget, 0]
@@ -323,3 +323,25 @@ def test_bf16_model_with_cached_reference(tiny_model_dir: Path, demo_splits: Pat
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     assert any(e["parts"]["l_kl"] > 0 for e in events if e["kind"] == "step")  # the cached reference was used
     assert meta["settings"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_lean_swiglu_is_bit_identical(frozen, shared_prefix):
+    """The lean MLP (one activation fewer saved) gives exactly the same hidden rows and ∂φ as plain autograd."""
+    from spulctl.lean_mlp import lean_swiglu
+    from spulctl.step import prompted_hidden
+
+    model, tok = frozen
+    batch = _batch(tok)
+    with lean_swiglu(model) as patched:
+        assert patched == model.config.num_hidden_layers
+    assert all("forward" not in vars(m) for m in model.modules())  # restored on exit
+    outs, grads = [], []
+    for lean in (True, False):
+        phi = (torch.randn(5, 64, generator=torch.Generator().manual_seed(0)) * 0.5).requires_grad_(True)
+        h = prompted_hidden(model, batch, phi, StepOptions(shared_prefix=shared_prefix, lean_mlp=lean))
+        (h * torch.linspace(-1, 1, h.numel()).view_as(h)).sum().backward()
+        outs.append(h.detach())
+        grads.append(phi.grad)
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(grads[0], grads[1])
