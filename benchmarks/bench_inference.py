@@ -80,7 +80,7 @@ def main() -> None:
         def run(bs: int) -> list[float]:
             times = []
             for s in range(0, len(texts), bs):
-                feed = pred._inputs(texts[s:s + bs])
+                feed = pred.feed(texts[s:s + bs])
                 t0 = time.perf_counter()
                 pred.run(feed)
                 times.append(time.perf_counter() - t0)

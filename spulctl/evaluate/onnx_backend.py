@@ -85,7 +85,7 @@ class OnnxSubject:
         order = sorted(range(n), key=lambda i: len(rows[i]["text"]))  # similar lengths batch together
         for s in range(0, n, self.batch_size):
             idx = order[s: s + self.batch_size]
-            logp, top1 = pred.run(pred._inputs([rows[i]["text"] for i in idx]))  # (b, L), (b,)
+            logp, top1 = pred.run(pred.feed([rows[i]["text"] for i in idx]))  # (b, L), (b,)
             hit = top1[:, None] == first[None, :]  # (b, L)
             full[idx] = np.where(hit.any(1), hit.argmax(1), OTHER)
             restricted[idx] = logp.argmax(1)

@@ -124,7 +124,8 @@ class OnnxPredictor:
         logp, top1 = binding.copy_outputs_to_cpu()
         return logp, top1
 
-    def _inputs(self, texts: list[str]) -> dict[str, Any]:
+    def feed(self, texts: list[str]) -> dict[str, Any]:
+        """Graph inputs for ``texts`` (template applied, right-padded): (b, t) ids and mask, (b,) answer_pos."""
         import numpy as np
 
         ids = self.tokenizer([self.task.prompt(t) for t in texts], add_special_tokens=False)["input_ids"]
@@ -144,7 +145,7 @@ class OnnxPredictor:
         results: dict[int, dict[str, Any]] = {}
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            logp, top1 = self.run(self._inputs([texts[i] for i in idx]))
+            logp, top1 = self.run(self.feed([texts[i] for i in idx]))
             for row, i in enumerate(idx):
                 tok = int(top1[row])
                 label = (self.task.label_words[self.label_first.index(tok)] if tok in self.label_first
