@@ -113,6 +113,19 @@ def label_vocab(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> LabelVoca
     return vocab
 
 
+def label_indices(records: list[dict], spec: TaskSpec) -> list[int]:
+    """Index of each record's label among ``spec.label_words``.
+
+    Raises:
+        DataError: a record's label is not one of the label words.
+    """
+    index = {w: i for i, w in enumerate(spec.label_words)}
+    for i, rec in enumerate(records):
+        if rec.get("label") not in index:
+            raise DataError(f"record {i}: label '{rec.get('label')}' is not a label word {list(spec.label_words)}")
+    return [index[r["label"]] for r in records]
+
+
 def encode(
     records: list[dict],
     spec: TaskSpec,
@@ -134,13 +147,10 @@ def encode(
     if not records:
         return []
     vocab = vocab or label_vocab(spec, tokenizer)
-    index = {w: i for i, w in enumerate(spec.label_words)}
+    labels = label_indices(records, spec)
     prompts = tokenizer([spec.prompt(r["text"]) for r in records], add_special_tokens=False)["input_ids"]
     out = []
-    for i, (rec, ids) in enumerate(zip(records, prompts, strict=True)):
-        if rec.get("label") not in index:
-            raise DataError(f"record {i}: label '{rec.get('label')}' is not a label word {list(spec.label_words)}")
-        label = index[rec["label"]]
+    for i, (ids, label) in enumerate(zip(prompts, labels, strict=True)):
         tgt = targets[i] if targets is not None else vocab.label_ids[label]
         ids = list(ids)[-(max_length - len(tgt)):]
         out.append(Encoded(ids + list(tgt), len(ids) - 1, list(tgt), label))

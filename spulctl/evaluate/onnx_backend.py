@@ -39,6 +39,7 @@ class OnnxSubject:
         self.predictor: Any = None
 
     def __enter__(self) -> OnnxSubject:
+        from spulctl.data.task import label_vocab
         from spulctl.export.runtime import OnnxPredictor
         from spulctl.pipeline import run_export
 
@@ -48,6 +49,12 @@ class OnnxSubject:
         run_export(self.model, out, bundle=self.bundle, no_bundle=self.bundle is None,
                    ignore_fingerprint=self.ignore_fingerprint, on_event=self.emit)
         self.predictor = OnnxPredictor(out, provider="auto", batch_size=self.batch_size, threads=self.threads)
+        task = self.predictor.task
+        for word, ids in zip(task.label_words, label_vocab(task, self.predictor.tokenizer).label_ids, strict=True):
+            if len(ids) != 1:
+                self.__exit__()
+                raise SpulError(f"--backend onnx: label word '{word}' is several tokens for this tokenizer; its "
+                                "teacher-forced check needs --backend torch")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -68,36 +75,13 @@ class OnnxSubject:
         """Per-record predictions, as :func:`spulctl.evaluate.metrics.predict` returns them for torch."""
         import numpy as np
 
+        from spulctl.data.task import label_indices
         from spulctl.evaluate.metrics import OTHER, Predictions
 
         pred = self.predictor
-        words = list(pred.task.label_words)
-        self._check_single_token_labels()
-        index = {w: i for i, w in enumerate(words)}
-        for i, r in enumerate(rows):
-            if r.get("label") not in index:
-                raise SpulError(f"record {i}: label '{r.get('label')}' is not a label word {words}")
-        n = len(rows)
-        labels = np.array([index[r["label"]] for r in rows], dtype=int)
-        full, restricted, generic = np.full(n, OTHER), np.zeros(n, int), np.zeros(n, bool)
-        first = np.array(pred.label_first)
-        generic_first = np.array(list(pred.generic_first))
-        order = sorted(range(n), key=lambda i: len(rows[i]["text"]))  # similar lengths batch together
-        for s in range(0, n, self.batch_size):
-            idx = order[s: s + self.batch_size]
-            logp, top1 = pred.run(pred.feed([rows[i]["text"] for i in idx]))  # (b, L), (b,)
-            hit = top1[:, None] == first[None, :]  # (b, L)
-            full[idx] = np.where(hit.any(1), hit.argmax(1), OTHER)
-            restricted[idx] = logp.argmax(1)
-            generic[idx] = (top1[:, None] == generic_first[None, :]).any(1)
-            if on_batch:
-                on_batch(len(idx))
-        return Predictions(labels, full, full == labels, restricted, generic)
-
-    def _check_single_token_labels(self) -> None:
-        pred = self.predictor
-        tok, task = pred.tokenizer, pred.task
-        for word in task.label_words:
-            if len(tok(task.label_prefix + word, add_special_tokens=False)["input_ids"]) != 1:
-                raise SpulError(f"--backend onnx: label word '{word}' is several tokens for this tokenizer; its "
-                                "teacher-forced check needs --backend torch")
+        labels = np.array(label_indices(rows, pred.task), dtype=int)
+        logp, top1 = pred.score_texts([r["text"] for r in rows], on_batch)  # (n, L), (n,)
+        hit = top1[:, None] == np.array(pred.label_first)[None, :]  # (n, L)
+        full = np.where(hit.any(1), hit.argmax(1), OTHER)
+        generic = (top1[:, None] == np.array(list(pred.generic_first))[None, :]).any(1)
+        return Predictions(labels, full, full == labels, logp.argmax(1), generic)

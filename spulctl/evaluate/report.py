@@ -106,10 +106,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
             from spulctl.evaluate.onnx_backend import OnnxSubject
 
             with OnnxSubject(subj.model, subj.bundle, batch_size, emit, ignore_fingerprint) as onnx:
-                results[subj.name] = {split: onnx.score(rows, f"{subj.name} {split}")
-                                      for split, rows in records.items()}
-                for probe, rows in (probes or {}).items():
-                    results[subj.name][f"probe:{probe}"] = onnx.score(rows, f"{subj.name} probe {probe}")
+                results[subj.name] = _score_all(onnx.score, subj.name, records, probes)
             if not mia:
                 continue
         if subj.model not in loaded:
@@ -126,16 +123,21 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
             scorer = lambda m, b, phi=phi: prompted_logits(m, b, phi)  # noqa: E731
         vocab = label_vocab(task, tok)
         if backend == "torch":
-            results[subj.name] = {}
-            for split, rows in records.items():
-                results[subj.name][split] = score_records(model, tok, task, vocab, rows, batch_size, emit,
-                                                          f"{subj.name} {split}", scorer)
+            def score(rows: list[dict], tag: str, m=model, t=tok, task=task, vocab=vocab, fn=scorer) -> dict:
+                return score_records(m, t, task, vocab, rows, batch_size, emit, tag, fn)
+
+            results[subj.name] = _score_all(score, subj.name, records, probes)
         if mia:
             mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name, which)
-        for probe, rows in (probes or {}).items() if backend == "torch" else ():
-            results[subj.name][f"probe:{probe}"] = score_records(model, tok, task, vocab, rows, batch_size, emit,
-                                                                 f"{subj.name} probe {probe}", scorer)
     return results, mia_results
+
+
+def _score_all(score: Callable[[list[dict], str], dict], name: str, records: dict[str, list[dict]],
+               probes: dict[str, list[dict]]) -> dict[str, dict]:
+    """One subject's metrics: every split, then every robustness probe (``probe:<name>``)."""
+    out = {split: score(rows, f"{name} {split}") for split, rows in records.items()}
+    out.update({f"probe:{probe}": score(rows, f"{name} probe {probe}") for probe, rows in probes.items()})
+    return out
 
 
 def build_report(results: dict[str, dict[str, dict]], reference: str, subjects: list[Subject], splits: Path,

@@ -9,6 +9,7 @@ every run, so they never cross the host/device boundary again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,17 +140,31 @@ class OnnxPredictor:
         return {"input_ids": input_ids, "attention_mask": mask,
                 "answer_pos": np.array([len(x) - 1 for x in ids], dtype=np.int64)}
 
+    def score_texts(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> tuple[Any, Any]:
+        """Every text through the graph in length-sorted batches; outputs back in input order.
+
+        Returns:
+            ``(label_logprobs, top1)``: (n, L) fp32 and (n,) int64 numpy arrays.
+        """
+        import numpy as np
+
+        n = len(texts)
+        logp, top1 = np.zeros((n, len(self.label_first)), dtype=np.float32), np.zeros(n, dtype=np.int64)
+        order = sorted(range(n), key=lambda i: len(texts[i]))  # similar lengths batch together
+        for s in range(0, n, self.batch_size):
+            idx = order[s:s + self.batch_size]
+            logp[idx], top1[idx] = self.run(self.feed([texts[i] for i in idx]))
+            if on_batch:
+                on_batch(len(idx))
+        return logp, top1
+
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Per text: ``label`` (label word, generic label, or None), ``top1`` token id, ``scores`` per label word."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together
-        results: dict[int, dict[str, Any]] = {}
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            logp, top1 = self.run(self.feed([texts[i] for i in idx]))
-            for row, i in enumerate(idx):
-                tok = int(top1[row])
-                label = (self.task.label_words[self.label_first.index(tok)] if tok in self.label_first
-                         else self.generic_first.get(tok))
-                results[i] = {"text": texts[i], "label": label, "top1": tok,
-                              "scores": {w: float(v) for w, v in zip(self.task.label_words, logp[row], strict=True)}}
-        return [results[i] for i in range(len(texts))]
+        logp, top1 = self.score_texts(texts)
+        results = []
+        for text, row, tok in zip(texts, logp, top1.tolist(), strict=True):
+            label = (self.task.label_words[self.label_first.index(tok)] if tok in self.label_first
+                     else self.generic_first.get(tok))
+            results.append({"text": text, "label": label, "top1": tok,
+                            "scores": {w: float(v) for w, v in zip(self.task.label_words, row, strict=True)}})
+        return results
