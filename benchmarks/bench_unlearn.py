@@ -32,7 +32,7 @@ from pathlib import Path
 from _report import finish
 
 CONFIGS = ("reference", "ours", "ours-no-answer-only", "ours-no-shared-prefix", "ours-no-cached-reference",
-           "ours-no-lean-mlp")
+           "ours-no-lean-mlp", "ours-no-grouped-attention")
 GPU_CONFIGS = ("ours-triton",)  # the fused answer-head loss and prompt_prepend kernels (--kernels triton); CUDA only
 
 
@@ -190,7 +190,8 @@ def child(args) -> None:
         res = run_ours(args, {"answer_only": True, "shared_prefix": True, "cached_reference": True}, "triton")
     else:
         off = name.removeprefix("ours").removeprefix("-no-").replace("-", "_")
-        switches = {"answer_only": True, "shared_prefix": True, "cached_reference": True, "lean_mlp": True}
+        switches = {"answer_only": True, "shared_prefix": True, "cached_reference": True, "lean_mlp": True,
+                    "grouped_attention": True}
         if off:
             switches[off] = False
         res = run_ours(args, switches)

@@ -103,17 +103,13 @@ def body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return base.base_model, base.get_output_embeddings()
 
 
-def answer_hidden(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Final hidden states at the answer positions.
+def answer_hidden(model: nn.Module, batch: Batch, opts: StepOptions | None = None) -> torch.Tensor:
+    """Final hidden states of the unprompted model at the answer positions.
 
     Returns:
         (b, k, d) rows of the last (normed) hidden state at ``batch.positions``.
     """
-    body, _ = body_and_head(model)
-    out = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    hidden = out.last_hidden_state  # (b, t, d)
-    idx = batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (b, k, d)
-    return hidden.gather(1, idx)
+    return prompted_hidden(model, batch, None, opts)
 
 
 def answer_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -133,7 +129,8 @@ def target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Prompted forward (SPUL). The soft prompt sits at positions 0..p-1 and attends only to itself, so its per-layer
-# keys/values are the same for every example: compute them once per step and share them across the batch.
+# keys/values are the same for every example: compute them once per step and share them across the batch. The same
+# holds for the leading tokens every row of a batch starts with (the template's "### Text:"): they join the prefix.
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class StepOptions:
@@ -141,13 +138,16 @@ class StepOptions:
 
     Attributes:
         answer_only: apply the output head to answer rows only (never build (b, t, V) logits).
-        shared_prefix: run the p prompt positions once per step and feed their keys/values to the whole batch.
+        shared_prefix: run the p prompt positions, and the leading tokens all rows of the batch share, once per
+            step and feed their keys/values to the whole batch.
         cached_reference: take the unprompted reference from cached hidden rows instead of a second forward.
         prepend_kernel: build the prompted input with the fused Triton ``prompt_prepend`` (``--kernels triton``):
             one (b, p + t, d) buffer and a deterministic ∂φ reduction on the concatenate path; on the
             shared-prefix path it prepares only φ in the compute dtype and the gathered token embeddings.
         lean_mlp: run SiLU-gated MLPs through :func:`spulctl.lean_mlp.lean_swiglu` (one (b, t, I) tensor per
             layer fewer kept for the backward pass; bit-identical results).
+        grouped_attention: on the CPU, attend through :func:`spulctl.attention.grouped_attention` (key/value heads
+            read in place instead of repeated per query head; same function as SDPA up to fp32 rounding).
     """
 
     answer_only: bool = True
@@ -155,59 +155,97 @@ class StepOptions:
     cached_reference: bool = True
     prepend_kernel: bool = False
     lean_mlp: bool = True
+    grouped_attention: bool = True
 
 
-def prompt_prefix_cache(model: nn.Module, prompt: torch.Tensor, batch_size: int) -> Any:
-    """Per-layer keys/values of the soft prompt, computed once and expanded (as views) to the batch.
+def shared_token_count(batch: Batch) -> int:
+    """How many leading tokens every row of ``batch`` shares (real tokens, before every answer position).
+
+    Returns 0 for a single row: there is nothing to share, and splitting its forward would only add a call.
+    """
+    if len(batch) < 2:
+        return 0
+    ids, mask = batch.input_ids, batch.attention_mask
+    same = (ids == ids[:1]).all(0) & mask.bool().all(0)  # (t,)
+    run = int(same.int().cumprod(0).sum())
+    return min(run, int(batch.positions.min()))  # each row keeps its answer position in the batched part
+
+
+def prompt_prefix_cache(model: nn.Module, prefix: torch.Tensor, batch_size: int) -> Any:
+    """Per-layer keys/values of a prefix shared by the batch, computed once and expanded (as views) to it.
 
     Args:
-        prompt: (p, d) soft prompt in the model's compute dtype; gradients flow back through the cache.
+        prefix: (n, d) input embeddings of the prefix (soft prompt, then shared tokens) in the model's compute
+            dtype; gradients flow back through the cache.
         batch_size: b, the number of examples that will attend to the prefix.
 
     Returns:
-        A ``transformers`` ``DynamicCache`` whose layers hold (b, kv_heads, p, head_dim) keys and values.
+        A ``transformers`` ``DynamicCache`` whose layers hold (b, kv_heads, n, head_dim) keys and values.
     """
     from transformers import DynamicCache
 
     body, _ = body_and_head(model)
-    out = body(inputs_embeds=prompt.unsqueeze(0), use_cache=True)  # keys/values (1, h, p, hd) per layer
+    out = body(inputs_embeds=prefix.unsqueeze(0), use_cache=True)  # keys/values (1, h, n, hd) per layer
     shared = [(layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1))
               for layer in out.past_key_values.layers]
     return DynamicCache(ddp_cache_data=shared, config=body.config)
 
 
-def _prompted_states(model: nn.Module, batch: Batch, prompt: torch.Tensor, shared_prefix: bool,
-                     prepend_kernel: bool = False):
-    """Run the body with the prompt; return final hidden states and the offset of the real tokens in them.
+def _states(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, opts: StepOptions):
+    """Run the body (with the prompt, if any); return final hidden states and the offset of ``batch``'s positions.
 
     Returns:
-        ``(hidden, offset)``: (b, t, d) with offset 0 on the shared-prefix path (the prompt lives in the KV cache),
-        or (b, p + t, d) with offset p when the prompt is concatenated to the embeddings.
+        ``(hidden, offset)``: hidden row ``positions + offset`` belongs to position ``positions`` of ``batch``.
+        Shared-prefix path: (b, t - c, d), offset -c (prompt and the c shared tokens live in the KV cache);
+        concatenated prompt: (b, p + t, d), offset p; no prompt: (b, t, d), offset 0.
     """
     import torch
 
     body, _ = body_and_head(model)
-    b, p = batch.input_ids.shape[0], prompt.shape[0]
-    mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)  # (b, p + t)
+    b, p = len(batch), 0 if prompt is None else prompt.shape[0]
+    c = shared_token_count(batch) if opts.shared_prefix else 0
+    if not p and not c:
+        out = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        return out.last_hidden_state, 0
     embed = body.get_input_embeddings()  # (V, d) table, frozen
-    if prepend_kernel:
+    if opts.prepend_kernel and p and opts.shared_prefix:  # φ cast once (1, p, d) and the gathered embeddings (b, t, d)
         from spulctl.kernels.prompt_prepend import prompt_prepend
-    if shared_prefix:
-        if prepend_kernel:  # φ cast once (1, p, d) and the gathered token embeddings (b, t, d)
-            phi, embeds = prompt_prepend(prompt, embed.weight, batch.input_ids, embed.weight.dtype, shared=True)
-            phi = phi[0]
-        else:
-            embeds = embed(batch.input_ids)  # (b, t, d)
-            phi = prompt.to(embeds.dtype)
-        cache = prompt_prefix_cache(model, phi, b)
-        out = body(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True)
-        return out.last_hidden_state, 0  # positions p .. p+t-1 in the model's frame
-    if prepend_kernel:
+
+        phi, embeds = prompt_prepend(prompt, embed.weight, batch.input_ids, embed.weight.dtype, shared=True)
+        phi = phi[0]
+    elif opts.prepend_kernel and p:
+        from spulctl.kernels.prompt_prepend import prompt_prepend
+
         full = prompt_prepend(prompt, embed.weight, batch.input_ids, embed.weight.dtype)  # (b, p + t, d)
+        mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)
+        return body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
     else:
-        embeds = embed(batch.input_ids)
-        full = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1), embeds], dim=1)  # (b, p + t, d)
+        embeds = embed(batch.input_ids)  # (b, t, d)
+        phi = None if prompt is None else prompt.to(embeds.dtype)
+    if opts.shared_prefix:
+        prefix = embeds[0, :c] if phi is None else torch.cat([phi, embeds[0, :c]])  # (p + c, d)
+        cache = prompt_prefix_cache(model, prefix, b)
+        mask = torch.cat([batch.attention_mask.new_ones(b, p + c), batch.attention_mask[:, c:]], dim=1)
+        out = body(inputs_embeds=embeds[:, c:], attention_mask=mask, past_key_values=cache, use_cache=True)
+        return out.last_hidden_state, -c  # positions p + c .. p + t - 1 in the model's frame
+    full = torch.cat([phi.unsqueeze(0).expand(b, -1, -1), embeds], dim=1)  # (b, p + t, d)
+    mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)  # (b, p + t)
     return body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
+
+
+def _body_mode(model: nn.Module, opts: StepOptions):
+    """The lean-SwiGLU and grouped-attention contexts that ``opts`` asks for."""
+    from contextlib import ExitStack
+
+    from spulctl.attention import grouped_attention_mode
+    from spulctl.lean_mlp import lean_swiglu
+
+    stack = ExitStack()
+    if opts.lean_mlp:
+        stack.enter_context(lean_swiglu(model))
+    if opts.grouped_attention:
+        stack.enter_context(grouped_attention_mode(body_and_head(model)[0]))
+    return stack
 
 
 def prompted_hidden(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
@@ -219,39 +257,25 @@ def prompted_hidden(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
         opts: ``shared_prefix`` picks the KV-prefix path; otherwise the prompt is concatenated to the embeddings.
 
     Returns:
-        (b, k, d) hidden rows at ``batch.positions`` (offset by p internally).
+        (b, k, d) hidden rows at ``batch.positions``.
     """
-    if prompt is None:
-        return answer_hidden(model, batch)
     opts = opts or StepOptions()
-    with _mlp_mode(model, opts):
-        hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix, opts.prepend_kernel)
+    with _body_mode(model, opts):
+        hidden, offset = _states(model, batch, prompt, opts)
     idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (b, k, d)
     return hidden.gather(1, idx)
-
-
-def _mlp_mode(model: nn.Module, opts: StepOptions):
-    """The lean-SwiGLU context when ``opts.lean_mlp``, else a no-op one."""
-    from contextlib import nullcontext
-
-    from spulctl.lean_mlp import lean_swiglu
-
-    return lean_swiglu(model) if opts.lean_mlp else nullcontext()
 
 
 def prompted_logits(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
                     opts: StepOptions | None = None) -> torch.Tensor:
     """(b, k, V) fp32 logits at the answer positions; ``answer_only=False`` builds the full logits first."""
     opts = opts or StepOptions()
-    body, head = body_and_head(model)
+    _, head = body_and_head(model)
     if opts.answer_only:
         return head(prompted_hidden(model, batch, prompt, opts)).float()
     # Naive head (the released pipeline): logits for every position, then pick the answer rows.
-    if prompt is None:
-        hidden, offset = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state, 0
-    else:
-        with _mlp_mode(model, opts):
-            hidden, offset = _prompted_states(model, batch, prompt, opts.shared_prefix, opts.prepend_kernel)
+    with _body_mode(model, opts):
+        hidden, offset = _states(model, batch, prompt, opts)
     logits = head(hidden)  # (b, t', V)
     idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
     return logits.gather(1, idx).float()

@@ -44,7 +44,8 @@ def _batch(tok, n: int = 6):
 
 def naive_loss(model, batch, phi, is_forget, w: LossWeights):
     """The reference: concatenate the prompt, full logits, second unprompted forward for r."""
-    full = StepOptions(answer_only=False, shared_prefix=False, cached_reference=False, lean_mlp=False)
+    full = StepOptions(answer_only=False, shared_prefix=False, cached_reference=False, lean_mlp=False,
+                       grouped_attention=False)
     q = prompted_logits(model, batch, phi, full)
     with torch.no_grad():
         r = prompted_logits(model, batch, None, full)[~is_forget, 0]
@@ -53,7 +54,8 @@ def naive_loss(model, batch, phi, is_forget, w: LossWeights):
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
 @pytest.mark.parametrize(("answer_only", "shared_prefix"), [(True, True), (True, False), (False, True)])
-def test_fast_step_switches_change_nothing(frozen, direction, answer_only, shared_prefix):
+@pytest.mark.parametrize("grouped", [True, False])
+def test_fast_step_switches_change_nothing(frozen, direction, answer_only, shared_prefix, grouped):
     model, tok = frozen
     batch = _batch(tok)
     is_forget = torch.arange(len(batch)) < len(batch) // 2
@@ -68,7 +70,7 @@ def test_fast_step_switches_change_nothing(frozen, direction, answer_only, share
 
     with torch.no_grad():
         cached = answer_hidden(model, batch)[~is_forget, 0]  # (m, d), what the cache file stores
-    opts = StepOptions(answer_only=answer_only, shared_prefix=shared_prefix)
+    opts = StepOptions(answer_only=answer_only, shared_prefix=shared_prefix, grouped_attention=grouped)
     q = prompted_logits(model, batch, phi, opts)
     r = body_and_head(model)[1](cached).float()
     fast = unlearning_loss(q, batch.targets, is_forget, r, w)
