@@ -203,7 +203,9 @@ def _states(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, opts: S
 
     body, _ = body_and_head(model)
     b, p = len(batch), 0 if prompt is None else prompt.shape[0]
-    c = shared_token_count(batch) if opts.shared_prefix else 0
+    # shared tokens without a prompt cost an extra model call: worth it on the CPU, not on a launch-bound GPU
+    share = opts.shared_prefix and (p > 0 or batch.input_ids.device.type == "cpu")
+    c = shared_token_count(batch) if share else 0
     if not p and not c:
         out = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         return out.last_hidden_state, 0
