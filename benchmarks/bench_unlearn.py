@@ -4,7 +4,8 @@ The reference, written here after the SPUL release's recipe: a PEFT P-tuning mod
 hidden 128), full-sequence logits from ``model(...)``, CE over the shifted label mask, and reference logits for
 the KL term fetched per sample from a cache of full-vocabulary logits built by a full forward beforehand.
 
-Ours: the same P-tuning MLP, with each fast-step switch on (``all``) or one turned off at a time.
+Ours: the same P-tuning MLP, with each fast-step switch on (``all``) or one turned off at a time; ``ours-micro16``
+runs each step in slices of 16 examples (`TrainConfig.micro_batch`, gradients added up: the same step, less memory).
 
 Every configuration runs in its own subprocess (so peak RSS is its own), configurations alternate in rounds,
 and each reports samples/s over ``--steps`` timed steps after ``--warmup`` steps, and peak memory: the process's
@@ -32,7 +33,7 @@ from pathlib import Path
 from _report import finish
 
 CONFIGS = ("reference", "ours", "ours-no-answer-only", "ours-no-shared-prefix", "ours-no-cached-reference",
-           "ours-no-lean-mlp", "ours-no-grouped-attention")
+           "ours-no-lean-mlp", "ours-no-grouped-attention", "ours-micro16")
 GPU_CONFIGS = ("ours-triton",)  # the fused answer-head loss and prompt_prepend kernels (--kernels triton); CUDA only
 
 
@@ -73,13 +74,14 @@ def _examples(model_spec: str, data: str, n_forget: int, n_retain: int, device: 
     return model, tok, examples, len(forget)
 
 
-def run_ours(args, switches: dict, kernels: str = "torch") -> dict:
+def run_ours(args, switches: dict, kernels: str = "torch", micro_batch: int = 0) -> dict:
     import torch
 
     from spulctl.loss import LossWeights
     from spulctl.methods.base import AnswerObjective, reference_hidden
     from spulctl.prompt import init_vectors, soft_prompt
     from spulctl.step import StepOptions, body_and_head, prompted_hidden, prompted_logits
+    from spulctl.train import forward_backward
 
     model, tok, examples, n_f = _examples(args.model, args.data, args.forget, args.retain, args.device, args.dtype)
     base_rss = _peak_mb(args.device)
@@ -100,7 +102,7 @@ def run_ours(args, switches: dict, kernels: str = "torch") -> dict:
                           args.device, hidden_fn=lambda b: prompted_hidden(model, b, prompt(), opts),
                           ref_hidden_fn=lambda b: prompted_hidden(model, b, None, opts), kernels=kernels)
     opt = torch.optim.AdamW(prompt.parameters(), lr=1e-4)
-    return _time_steps(args, obj.lengths(), lambda idx: obj.loss(idx)["loss"], opt, base_rss, prep)
+    return _time_steps(args, obj.lengths(), lambda idx: forward_backward(obj, idx, micro_batch), opt, base_rss, prep)
 
 
 def run_reference(args) -> dict:
@@ -147,14 +149,17 @@ def run_reference(args) -> dict:
             q = torch.stack([logits[r, examples[idx[r]].answer_pos] for r in rows]).float().log_softmax(-1)
             ref = torch.stack([cache[idx[r]] for r in rows]).log_softmax(-1)  # fetched per sample
             l_kl = (ref.exp() * (ref - q)).sum(-1).mean()
-        return l_f + l_r + l_kl
+        loss = l_f + l_r + l_kl
+        loss.backward()
+        return loss
 
     params = [q for q in peft_model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     return _time_steps(args, [len(e.input_ids) for e in examples], loss_fn, opt, base_rss, prep)
 
 
-def _time_steps(args, lengths, loss_fn, opt, base_rss: float, prep: float) -> dict:
+def _time_steps(args, lengths, step_fn, opt, base_rss: float, prep: float) -> dict:
+    """Time ``step_fn`` (forward + backward of one batch) with an AdamW step after each."""
     import torch
 
     from spulctl.step import bucketed_batches
@@ -166,9 +171,8 @@ def _time_steps(args, lengths, loss_fn, opt, base_rss: float, prep: float) -> di
         if s == args.warmup:
             _sync(args.device)
             t = time.perf_counter()
-        loss = loss_fn(batches[s])
         opt.zero_grad()
-        loss.backward()
+        step_fn(batches[s])
         opt.step()
         if s >= args.warmup:
             seen += len(batches[s])
@@ -186,6 +190,8 @@ def child(args) -> None:
     name = args.child
     if name == "reference":
         res = run_reference(args)
+    elif name == "ours-micro16":  # the whole step in slices of 16 examples, gradients added up
+        res = run_ours(args, {}, micro_batch=16)
     elif name == "ours-triton":
         res = run_ours(args, {"answer_only": True, "shared_prefix": True, "cached_reference": True}, "triton")
     else:

@@ -110,6 +110,8 @@ def familiarize(
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-4,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    micro_batch: Annotated[int, typer.Option(help="Examples per forward/backward slice of a step (gradients added "
+                                             "up; less memory, same step). 0: the whole batch.")] = 0,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 64,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.1,
@@ -131,7 +133,8 @@ def familiarize(
         model=model, splits=splits, out=out, load_in_4bit=load_in_4bit, retain_limit=retain_limit,
         eval_limit=eval_limit, lora=LoraSettings(lora_r, lora_alpha, lora_dropout),
         train=TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, max_grad_norm=1.0,
-                          weight_decay=0.0, checkpoint_every=checkpoint_every, max_steps=max_steps),
+                          weight_decay=0.0, checkpoint_every=checkpoint_every, max_steps=max_steps,
+                          micro_batch=micro_batch),
     )
     with RichEvents(console) as events:
         manifest = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
@@ -384,6 +387,8 @@ def unlearn(
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 10,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    micro_batch: Annotated[int, typer.Option(help="Examples per forward/backward slice of a step (gradients added "
+                                             "up; less memory, same step). 0: the whole batch.")] = 0,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = 0.3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.001,
     warmup_ratio: Annotated[float, typer.Option(help="Share of steps with linear warmup.")] = 0.1,
@@ -421,7 +426,7 @@ def unlearn(
         generic_labels=tuple(g.strip() for g in generic_labels.split(",") if g.strip()),
         train=TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, max_grad_norm=max_grad_norm,
                           weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed,
-                          checkpoint_every=checkpoint_every, max_steps=max_steps),
+                          checkpoint_every=checkpoint_every, max_steps=max_steps, micro_batch=micro_batch),
         lora=LoraSettings(), full=full, answer_only=not no_answer_only, shared_prefix=not no_shared_prefix,
         cached_reference=not no_cached_reference, eval_limit=eval_limit, retain_limit=retain_limit,
         eval_every=eval_every, keep=keep, tau=tau, report_before=report_before, kernels=kernels,

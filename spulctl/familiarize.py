@@ -87,11 +87,14 @@ class _LabelObjective:
     def lengths(self) -> list[int]:
         return [len(e.input_ids) for e in self.examples]
 
-    def loss(self, indices: list[int]):
+    def loss(self, indices: list[int], within: list[int] | None = None):
+        """Mean CE over ``indices``; with ``within`` (the whole batch), this micro-batch's share of its mean."""
         from spulctl.step import answer_logits, collate, target_ce
 
         batch = collate([self.examples[i] for i in indices], self.pad_id, indices).to(self.device)
         loss = target_ce(answer_logits(self.model, batch), batch.targets)
+        if within is not None:
+            loss = loss * (len(indices) / len(within))
         return {"loss": loss}
 
 

@@ -83,8 +83,9 @@ def kl_rows(q_logits: torch.Tensor, r_logits: torch.Tensor, direction: str) -> t
 
 
 def unlearning_loss(q_logits: torch.Tensor, targets: torch.Tensor, is_forget: torch.Tensor,
-                    r_logits: torch.Tensor | None, w: LossWeights) -> dict[str, torch.Tensor]:
-    """Combine L_f, L_r and L_kl for one batch.
+                    r_logits: torch.Tensor | None, w: LossWeights,
+                    counts: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Combine L_f, L_r and L_kl for one batch (or one micro-batch of it).
 
     Args:
         q_logits: (b, k, V) fp32 logits at the target positions.
@@ -93,6 +94,9 @@ def unlearning_loss(q_logits: torch.Tensor, targets: torch.Tensor, is_forget: to
         r_logits: (m, V) reference logits at the answer position of the m retain rows, in batch order
             (None when β = 0).
         w: term weights.
+        counts: (forget rows, retain rows) of the whole batch when these rows are one micro-batch of it: each
+            term is then this micro-batch's share of the batch mean, and the shares add up to the batch's loss.
+            Default: the rows here.
 
     Returns:
         ``loss`` and the parts ``l_f``, ``l_r``, ``l_kl`` (0 when a batch has no rows of that kind).
@@ -102,11 +106,12 @@ def unlearning_loss(q_logits: torch.Tensor, targets: torch.Tensor, is_forget: to
     ce = row_ce(q_logits, targets)  # (b,)
     zero = ce.new_zeros(())
     n_f, n_r = int(is_forget.sum()), int((~is_forget).sum())
-    l_f = ce[is_forget].mean() if n_f else zero
-    l_r = ce[~is_forget].mean() if n_r else zero
+    d_f, d_r = counts if counts is not None else (n_f, n_r)
+    l_f = ce[is_forget].sum() / d_f if n_f else zero
+    l_r = ce[~is_forget].sum() / d_r if n_r else zero
     l_kl = zero
     if r_logits is not None and n_r and w.kl > 0:
-        l_kl = kl_rows(q_logits[~is_forget, 0], r_logits, w.kl_direction).mean()
+        l_kl = kl_rows(q_logits[~is_forget, 0], r_logits, w.kl_direction).sum() / d_r
     loss = w.forget * l_f + w.retain * l_r + w.kl * l_kl
     return {"loss": loss, "l_f": l_f.detach(), "l_r": l_r.detach(), "l_kl": torch.as_tensor(l_kl).detach()}
 
@@ -139,7 +144,7 @@ def resolve_kernels(choice: str, device: Any) -> str:
 
 def fused_unlearning_loss(hidden: torch.Tensor, targets: torch.Tensor, is_forget: torch.Tensor,
                           ref_rows: torch.Tensor | None, head_weight: torch.Tensor,
-                          w: LossWeights) -> dict[str, torch.Tensor]:
+                          w: LossWeights, counts: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """:func:`unlearning_loss` through the fused Triton head (logits never materialised).
 
     Args:
@@ -148,6 +153,7 @@ def fused_unlearning_loss(hidden: torch.Tensor, targets: torch.Tensor, is_forget
         is_forget: (b,) bool.
         ref_rows: (m, d) reference hidden rows of the m retain rows (batch order), or None.
         head_weight: (V, d) frozen output head.
+        counts: (forget rows, retain rows) of the whole batch, for a micro-batch (see :func:`unlearning_loss`).
     """
     import torch
 
@@ -157,14 +163,16 @@ def fused_unlearning_loss(hidden: torch.Tensor, targets: torch.Tensor, is_forget
     valid = targets != -100  # (b, k)
     n_tok = valid.sum(1).clamp(min=1).float()  # (b,)
     n_f, n_r = int(is_forget.sum()), int((~is_forget).sum())
+    d_f, d_r = counts if counts is not None else (n_f, n_r)
+    d_f, d_r = max(d_f, 1), max(d_r, 1)
     # fold α/β, the ±1 of gradient ascent and the per-term means into per-row weights
-    row_w = torch.where(is_forget, torch.tensor(w.forget / max(n_f, 1)), torch.tensor(w.retain / max(n_r, 1)))
+    row_w = torch.where(is_forget, torch.tensor(w.forget / d_f), torch.tensor(w.retain / d_r))
     w_ce = (row_w.to(hidden.device) / n_tok).unsqueeze(1).expand(b, k)  # (b, k)
     ref_idx = torch.full((b, k), -1, dtype=torch.long, device=hidden.device)
     use_kl = ref_rows is not None and n_r > 0 and w.kl > 0
     if use_kl:
         ref_idx[~is_forget, 0] = torch.arange(n_r, device=hidden.device)
-    w_kl = torch.where(ref_idx >= 0, torch.tensor(w.kl / max(n_r, 1), device=hidden.device), 0.0)
+    w_kl = torch.where(ref_idx >= 0, torch.tensor(w.kl / d_r, device=hidden.device), 0.0)
     flat = valid.flatten()
     h_rows = hidden.reshape(b * k, d)[flat]
     h_ref = ref_rows if use_kl else hidden.new_zeros(1, d)
@@ -176,6 +184,6 @@ def fused_unlearning_loss(hidden: torch.Tensor, targets: torch.Tensor, is_forget
     ce_row = torch.zeros(b, device=hidden.device).index_add(0, row_of, ce) / n_tok
     zero = ce.new_zeros(())
     return {"loss": loss,
-            "l_f": ce_row[is_forget].mean().detach() if n_f else zero,
-            "l_r": ce_row[~is_forget].mean().detach() if n_r else zero,
-            "l_kl": (kl.sum() / max(n_r, 1)).detach() if use_kl else zero}
+            "l_f": (ce_row[is_forget].sum() / d_f).detach() if n_f else zero,
+            "l_r": (ce_row[~is_forget].sum() / d_r).detach() if n_r else zero,
+            "l_kl": (kl.sum() / d_r).detach() if use_kl else zero}

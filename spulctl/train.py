@@ -45,6 +45,8 @@ class TrainConfig:
         seed: seeds data order, initialisation and dropout.
         checkpoint_every: steps between checkpoints (0 = only at epoch ends).
         max_steps: stop early after this many steps (None = run all epochs).
+        micro_batch: run each step's forward/backward over slices of this many examples and add up their
+            gradients (0 = the whole batch at once): the same step in a fraction of the activation memory.
     """
 
     lr: float = 1e-4
@@ -57,12 +59,13 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     max_steps: int | None = None
+    micro_batch: int = 0
 
     def __post_init__(self) -> None:
         checks = {"lr": self.lr > 0, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
                   "warmup_ratio": 0 <= self.warmup_ratio < 1, "max_grad_norm": self.max_grad_norm >= 0,
                   "schedule": self.schedule in ("cosine", "linear", "constant"),
-                  "checkpoint_every": self.checkpoint_every >= 0}
+                  "checkpoint_every": self.checkpoint_every >= 0, "micro_batch": self.micro_batch >= 0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise SpulError(f"training config: invalid {bad[0]}={getattr(self, bad[0])!r}")
@@ -74,8 +77,12 @@ class Objective(Protocol):
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """Trainable parameters, with stable names (checkpoint keys)."""
 
-    def loss(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """Loss over the examples ``indices``: a dict with ``"loss"`` (scalar to minimise) and named parts."""
+    def loss(self, indices: list[int], within: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Loss over the examples ``indices``: a dict with ``"loss"`` (scalar to minimise) and named parts.
+
+        With ``within`` (the whole batch, ``indices`` being a slice of it), the slice's share of the batch's
+        loss: the shares of a batch's slices add up to its loss (and their gradients to its gradient).
+        """
 
     def lengths(self) -> list[int]:
         """Token length per example (for length-bucketed batches)."""
@@ -105,6 +112,32 @@ class TrainResult:
 
 
 Event = Callable[[dict[str, Any]], None]
+
+
+def forward_backward(objective: Objective, indices: list[int], micro_batch: int = 0,
+                     step: int = 0) -> dict[str, torch.Tensor]:
+    """Loss and gradients (accumulated into ``.grad``) of one batch, in slices of ``micro_batch`` examples.
+
+    Returns:
+        The batch's loss parts (detached): the sum of the slices' shares.
+
+    Raises:
+        TrainingError: a slice's loss is not finite (``step`` names the step in the message).
+    """
+    import torch
+
+    slices = [indices] if micro_batch <= 0 or micro_batch >= len(indices) else \
+        [indices[i:i + micro_batch] for i in range(0, len(indices), micro_batch)]
+    total: dict[str, torch.Tensor] = {}
+    for part in slices:
+        parts = objective.loss(part) if len(slices) == 1 else objective.loss(part, within=indices)
+        loss = parts["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}; lower --lr or check the data")
+        loss.backward()
+        for k, v in parts.items():
+            total[k] = total[k] + v.detach() if k in total else v.detach()
+    return total
 
 
 def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
@@ -165,14 +198,9 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
     while state["epoch"] < cfg.epochs and state["global_step"] < total:
         batches = bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + state["epoch"])
         for b in range(state["step_in_epoch"], len(batches)):
-            # forward + backward on one batch
-            parts = objective.loss(batches[b])
-            loss = parts["loss"]
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({loss.item()}) at step {state['global_step'] + 1}; "
-                                    "lower --lr or check the data")
+            # forward + backward on one batch (in micro-batches if asked)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            parts = forward_backward(objective, batches[b], cfg.micro_batch, state["global_step"] + 1)
             # clip, step, schedule
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

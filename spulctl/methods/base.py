@@ -81,15 +81,20 @@ class AnswerObjective:
     def lengths(self) -> list[int]:
         return [len(e.input_ids) for e in self.examples]
 
-    def loss(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def loss(self, indices: list[int], within: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """The loss over ``indices``; with ``within`` (the whole batch), this micro-batch's share of it."""
         import torch
 
         from spulctl.step import collate
 
         batch = collate([self.examples[i] for i in indices], self.pad_id, indices).to(self.device)
         is_forget = batch.index < self.n_forget  # (b,)
+        counts = None
+        if within is not None:
+            n_f = sum(i < self.n_forget for i in within)
+            counts = (n_f, len(within) - n_f)
         if self.kernels == "triton":
-            return self._fused_loss(batch, is_forget)
+            return self._fused_loss(batch, is_forget, counts)
         q = self.logits_fn(batch)  # (b, k, V)
         r = None
         if self.weights.kl > 0 and bool((~is_forget).any()):
@@ -100,9 +105,10 @@ class AnswerObjective:
             else:
                 with torch.no_grad():
                     r = self.ref_logits_fn(batch)[~is_forget, 0]  # (m, V): a second, unprompted forward
-        return unlearning_loss(q, batch.targets, is_forget, r, self.weights)
+        return unlearning_loss(q, batch.targets, is_forget, r, self.weights, counts)
 
-    def _fused_loss(self, batch: Batch, is_forget: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _fused_loss(self, batch: Batch, is_forget: torch.Tensor,
+                    counts: tuple[int, int] | None) -> dict[str, torch.Tensor]:
         import torch
 
         ref = None
@@ -113,7 +119,7 @@ class AnswerObjective:
                 else:
                     ref = self.ref_hidden_fn(batch)[~is_forget, 0]  # (m, d): a second, unprompted forward
         return fused_unlearning_loss(self.hidden_fn(batch), batch.targets, is_forget, ref, self.head.weight,
-                                     self.weights)
+                                     self.weights, counts)
 
 
 def generic_forget_targets(ctx: UnlearnContext) -> list[list[int]]:
