@@ -203,8 +203,9 @@ def _states(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, opts: S
 
     body, _ = body_and_head(model)
     b, p = len(batch), 0 if prompt is None else prompt.shape[0]
-    # shared tokens without a prompt cost an extra model call: worth it on the CPU, not on a launch-bound GPU
-    share = opts.shared_prefix and (p > 0 or batch.input_ids.device.type == "cpu")
+    # Shared tokens: not while training with dropout (one mask would serve every row), and without a prompt only
+    # on the CPU (there they cost an extra model call, which a launch-bound GPU pays more for than it saves).
+    share = opts.shared_prefix and not body.training and (p > 0 or batch.input_ids.device.type == "cpu")
     c = shared_token_count(batch) if share else 0
     if not p and not c:
         out = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)

@@ -117,3 +117,26 @@ def test_shared_tokens_give_the_unshared_hidden_rows(tiny, with_prompt: bool):
         fast = prompted_hidden(model, batch, phi, StepOptions())
         plain = prompted_hidden(model, batch, phi, StepOptions(shared_prefix=False, grouped_attention=False))
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_no_shared_tokens_while_training(tiny, monkeypatch):
+    """With dropout active, one prefix pass would give every row the same mask: the rows run in full."""
+    import spulctl.step as step
+    from spulctl.data.demo import demo_records
+    from spulctl.data.task import TaskSpec, encode, label_vocab
+
+    model, tok = tiny
+    spec = TaskSpec()
+    batch = collate(encode(demo_records(4), spec, tok, label_vocab(spec, tok)), tok.pad_token_id)
+    calls = []
+    real = step.prompt_prefix_cache
+    monkeypatch.setattr(step, "prompt_prefix_cache", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        prompted_hidden(model, batch, None)
+        assert calls == [1]  # eval mode: the shared tokens are a prefix
+        model.train()
+        try:
+            prompted_hidden(model, batch, None)
+        finally:
+            model.eval()
+    assert calls == [1]
