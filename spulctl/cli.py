@@ -39,8 +39,14 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show li
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import logging
+
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch|bitsandbytes)\b")
+    # the ONNX exporter's tracer notes on transformers' code (the export is checked against torch afterwards)
+    warnings.filterwarnings("ignore", message=r".*\btrace\b", module=r"transformers\b")
+    # bitsandbytes' note that an optional hub kernel for 4-bit CPU matmuls is not installed (it falls back)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
