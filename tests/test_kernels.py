@@ -137,7 +137,10 @@ def test_reference_agrees_with_the_training_loss():
 @pytest.mark.parametrize(("method", "steps"), [("spul", 20), ("ga_kl", 5)])
 def test_steps_with_kernels_match_torch(tiny_model_dir, demo_splits, tmp_path, method, steps):
     """20 SPUL steps with the fused head give the same losses as the torch reference (<= 1e-4). Gradient ascent
-    amplifies last-bit differences step over step, so GA+KL is compared over its first 5 steps."""
+    on LoRA weights amplifies last-bit differences step over step (Adam turns a rounding-level difference in a
+    near-zero gradient into an lr-sized one), so GA+KL is compared over its first 5 steps at its own scale of
+    learning rate (1e-3; the baselines run at 1e-4): at 1e-2 the two drift apart by 1e-5 to 2e-4 after a few steps
+    whichever attention computes the body."""
     from spulctl.train import TrainConfig
     from spulctl.unlearn import UnlearnConfig, unlearn
 
@@ -146,7 +149,8 @@ def test_steps_with_kernels_match_torch(tiny_model_dir, demo_splits, tmp_path, m
         cfg = UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / kernels, splits=demo_splits, method=method,
                             prompt_tokens=4, prompt_encoder="none", eval_limit=0, retain_limit=120,
                             kernels=kernels, report_before=False, dtype="float32",
-                            train=TrainConfig(lr=1e-2, epochs=1, batch_size=8, max_steps=steps, seed=1))
+                            train=TrainConfig(lr=1e-2 if method == "spul" else 1e-3, epochs=1, batch_size=8,
+                                              max_steps=steps, seed=1))
         unlearn(cfg, on_event=events.append)
         return [e["parts"] for e in events if e["kind"] == "step"]
 
