@@ -227,7 +227,10 @@ def main() -> None:
         child(args)
         return
     if args.configs is None:
-        args.configs = ",".join(CONFIGS + (GPU_CONFIGS if args.device.startswith("cuda") else ()))
+        on_gpu = args.device.startswith("cuda")
+        # grouped attention is a CPU-only switch: on a GPU "ours-no-grouped-attention" would repeat "ours"
+        args.configs = ",".join([c for c in CONFIGS if not (on_gpu and c == "ours-no-grouped-attention")]
+                                + list(GPU_CONFIGS if on_gpu else ()))
     results: dict[str, list[dict]] = {}
     for rnd in range(args.rounds):
         for name in args.configs.split(","):
