@@ -140,3 +140,27 @@ def test_no_shared_tokens_while_training(tiny, monkeypatch):
         finally:
             model.eval()
     assert calls == [1]
+
+
+def test_the_cpu_step_attends_through_grouped_attention(tiny, monkeypatch):
+    """Every attention call of a prompted CPU forward (prefix pass and batch pass) goes through our function."""
+    from transformers import AttentionInterface
+
+    from spulctl.attention import register
+    from spulctl.data.demo import demo_records
+    from spulctl.data.task import TaskSpec, encode, label_vocab
+
+    model, tok = tiny
+    register()
+    calls = []
+    inner = AttentionInterface._global_mapping[NAME]
+    monkeypatch.setitem(AttentionInterface._global_mapping, NAME, lambda *a, **kw: calls.append(1) or inner(*a, **kw))
+    spec = TaskSpec()
+    batch = collate(encode(demo_records(3), spec, tok, label_vocab(spec, tok)), tok.pad_token_id)
+    with torch.no_grad():
+        prompted_hidden(model, batch, torch.randn(4, model.config.hidden_size))
+    assert len(calls) == 2 * model.config.num_hidden_layers
+    calls.clear()
+    with torch.no_grad():
+        prompted_hidden(model, batch, torch.randn(4, model.config.hidden_size), StepOptions(grouped_attention=False))
+    assert calls == []
