@@ -35,7 +35,8 @@ def grouped_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     Args:
         query: (b, h, t, hd).
         key, value: (b, kv, s, hd), ``s ≥ t`` (a prefix of ``s - t`` cached positions comes first).
-        attention_mask: (b, 1, t, s) bool, True = attend; None = causal, the queries being the last t positions.
+        attention_mask: (b, 1, t, s) bool, True = attend (or additive float, 0 = attend); None = causal, the
+            queries being the last t positions.
         scaling: score scale (default ``hd ** -0.5``).
 
     Returns:
@@ -57,9 +58,13 @@ def grouped_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     scores = torch.matmul(query.reshape(b, kv, g * t, hd), key.transpose(-1, -2)) * scale  # (b, kv, g·t, s)
     if attention_mask is None:
         attention_mask = torch.ones(t, s, dtype=torch.bool, device=query.device).tril(s - t)  # causal, offset
-    allowed = attention_mask.unsqueeze(2) if attention_mask.dim() == 4 else attention_mask  # (b, 1, 1, t, s)
-    floor = torch.finfo(scores.dtype).min  # not -inf: a fully masked row gives a uniform row, never NaN
-    scores = scores.view(b, kv, g, t, s).masked_fill(~allowed, floor)
+    mask = attention_mask.unsqueeze(2) if attention_mask.dim() == 4 else attention_mask  # (b, 1, 1, t, s)
+    scores = scores.view(b, kv, g, t, s)
+    if mask.dtype == torch.bool:
+        floor = torch.finfo(scores.dtype).min  # not -inf: a fully masked row gives a uniform row, never NaN
+        scores = scores.masked_fill(~mask, floor)
+    else:  # an additive float mask (0 = attend, a large negative = not), as eager attention takes
+        scores = scores + mask
     probs = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32))  # at least fp32, as eager
     probs = probs.to(value.dtype).view(b, kv, g * t, s)
     out = torch.matmul(probs, value).view(b, h, t, hd)  # (b, h, t, hd)

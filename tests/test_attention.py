@@ -164,3 +164,14 @@ def test_the_cpu_step_attends_through_grouped_attention(tiny, monkeypatch):
     with torch.no_grad():
         prompted_hidden(model, batch, torch.randn(4, model.config.hidden_size), StepOptions(grouped_attention=False))
     assert calls == []
+
+
+def test_grouped_attention_takes_an_additive_float_mask():
+    torch.manual_seed(1)
+    q = torch.randn(2, 4, 5, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 2, 7, 8, dtype=torch.float64), torch.randn(2, 2, 7, 8, dtype=torch.float64)
+    allowed = torch.ones(2, 1, 5, 7, dtype=torch.bool).tril(2)
+    additive = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
+    a, _ = grouped_attention(_Module(), q, k, v, allowed)
+    b, _ = grouped_attention(_Module(), q, k, v, additive)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
