@@ -34,13 +34,12 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show li
     deprecation chatter of dependencies say nothing actionable to a user."""
     if verbose:
         return
+    import logging
     import os
     import warnings
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    import logging
-
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch|bitsandbytes)\b")
     # the ONNX exporter's tracer notes on transformers' code (the export is checked against torch afterwards)
@@ -68,6 +67,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Alias, HF directory, .gguf file or hub id.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+MicroBatchOpt = Annotated[int, typer.Option(help="Examples per forward/backward slice of a step (gradients added up; "
+                                               "less memory, same step). 0: the whole batch.")]
 DtypeOpt = Annotated[str, typer.Option(help="Model weights/activations: auto (bf16 on CUDA, fp32 on CPU) | float32 | "
                                             "bfloat16 | float16.")]
 
@@ -116,8 +117,7 @@ def familiarize(
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-4,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
-    micro_batch: Annotated[int, typer.Option(help="Examples per forward/backward slice of a step (gradients added "
-                                             "up; less memory, same step). 0: the whole batch.")] = 0,
+    micro_batch: MicroBatchOpt = 0,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 64,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.1,
@@ -393,8 +393,7 @@ def unlearn(
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 10,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
-    micro_batch: Annotated[int, typer.Option(help="Examples per forward/backward slice of a step (gradients added "
-                                             "up; less memory, same step). 0: the whole batch.")] = 0,
+    micro_batch: MicroBatchOpt = 0,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = 0.3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.001,
     warmup_ratio: Annotated[float, typer.Option(help="Share of steps with linear warmup.")] = 0.1,

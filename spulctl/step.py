@@ -211,27 +211,27 @@ def _states(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, opts: S
         out = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         return out.last_hidden_state, 0
     embed = body.get_input_embeddings()  # (V, d) table, frozen
-    if opts.prepend_kernel and p and opts.shared_prefix:  # φ cast once (1, p, d) and the gathered embeddings (b, t, d)
+    kernel = bool(opts.prepend_kernel and p)
+    if kernel:
         from spulctl.kernels.prompt_prepend import prompt_prepend
-
-        phi, embeds = prompt_prepend(prompt, embed.weight, batch.input_ids, embed.weight.dtype, shared=True)
-        phi = phi[0]
-    elif opts.prepend_kernel and p:
-        from spulctl.kernels.prompt_prepend import prompt_prepend
-
-        full = prompt_prepend(prompt, embed.weight, batch.input_ids, embed.weight.dtype)  # (b, p + t, d)
-        mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)
-        return body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
-    else:
-        embeds = embed(batch.input_ids)  # (b, t, d)
-        phi = None if prompt is None else prompt.to(embeds.dtype)
     if opts.shared_prefix:
+        if kernel:  # φ cast once (1, p, d) and the gathered token embeddings (b, t, d)
+            phi, embeds = prompt_prepend(prompt, embed.weight, batch.input_ids, embed.weight.dtype, shared=True)
+            phi = phi[0]
+        else:
+            embeds = embed(batch.input_ids)  # (b, t, d)
+            phi = None if prompt is None else prompt.to(embeds.dtype)
         prefix = embeds[0, :c] if phi is None else torch.cat([phi, embeds[0, :c]])  # (p + c, d)
         cache = prompt_prefix_cache(model, prefix, b)
         mask = torch.cat([batch.attention_mask.new_ones(b, p + c), batch.attention_mask[:, c:]], dim=1)
         out = body(inputs_embeds=embeds[:, c:], attention_mask=mask, past_key_values=cache, use_cache=True)
         return out.last_hidden_state, -c  # positions p + c .. p + t - 1 in the model's frame
-    full = torch.cat([phi.unsqueeze(0).expand(b, -1, -1), embeds], dim=1)  # (b, p + t, d)
+    # the prompt concatenated to every row's embeddings (p > 0 here)
+    if kernel:
+        full = prompt_prepend(prompt, embed.weight, batch.input_ids, embed.weight.dtype)  # (b, p + t, d)
+    else:
+        embeds = embed(batch.input_ids)
+        full = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1), embeds], dim=1)  # (b, p + t, d)
     mask = torch.cat([batch.attention_mask.new_ones(b, p), batch.attention_mask], dim=1)  # (b, p + t)
     return body(inputs_embeds=full, attention_mask=mask, use_cache=False).last_hidden_state, p
 

@@ -52,6 +52,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def frozen(tiny_model_dir: Path):
+    """The tiny model loaded in eval mode with every weight frozen, and its tokenizer (one copy per test module)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
 @pytest.fixture(scope="session")
 def demo_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Entity splits of the demo dataset, written as the split command writes them."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -64,18 +62,8 @@ def test_unsupported_calls_go_to_sdpa(monkeypatch):
     assert len(calls) == 2
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-def test_mode_switches_cpu_sdpa_models_and_restores(tiny):
-    model, _ = tiny
+def test_mode_switches_cpu_sdpa_models_and_restores(frozen):
+    model, _ = frozen
     assert model.config._attn_implementation == "sdpa"
     with grouped_attention_mode(model) as switched:
         assert switched and model.config._attn_implementation == NAME
@@ -103,11 +91,11 @@ def test_shared_token_count():
 
 
 @pytest.mark.parametrize("with_prompt", [True, False])
-def test_shared_tokens_give_the_unshared_hidden_rows(tiny, with_prompt: bool):
+def test_shared_tokens_give_the_unshared_hidden_rows(frozen, with_prompt: bool):
     from spulctl.data.demo import demo_records
     from spulctl.data.task import TaskSpec, encode, label_vocab
 
-    model, tok = tiny
+    model, tok = frozen
     spec = TaskSpec()
     batch = collate(encode(demo_records(5), spec, tok, label_vocab(spec, tok)), tok.pad_token_id)
     assert shared_token_count(batch) >= 2  # the template's leading "### Text:" tokens
@@ -119,13 +107,13 @@ def test_shared_tokens_give_the_unshared_hidden_rows(tiny, with_prompt: bool):
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
 
 
-def test_no_shared_tokens_while_training(tiny, monkeypatch):
+def test_no_shared_tokens_while_training(frozen, monkeypatch):
     """With dropout active, one prefix pass would give every row the same mask: the rows run in full."""
     import spulctl.step as step
     from spulctl.data.demo import demo_records
     from spulctl.data.task import TaskSpec, encode, label_vocab
 
-    model, tok = tiny
+    model, tok = frozen
     spec = TaskSpec()
     batch = collate(encode(demo_records(4), spec, tok, label_vocab(spec, tok)), tok.pad_token_id)
     calls = []
@@ -142,7 +130,7 @@ def test_no_shared_tokens_while_training(tiny, monkeypatch):
     assert calls == [1]
 
 
-def test_the_cpu_step_attends_through_grouped_attention(tiny, monkeypatch):
+def test_the_cpu_step_attends_through_grouped_attention(frozen, monkeypatch):
     """Every attention call of a prompted CPU forward (prefix pass and batch pass) goes through our function."""
     from transformers import AttentionInterface
 
@@ -150,7 +138,7 @@ def test_the_cpu_step_attends_through_grouped_attention(tiny, monkeypatch):
     from spulctl.data.demo import demo_records
     from spulctl.data.task import TaskSpec, encode, label_vocab
 
-    model, tok = tiny
+    model, tok = frozen
     register()
     calls = []
     inner = AttentionInterface._global_mapping[NAME]

@@ -21,16 +21,6 @@ from spulctl.unlearn import UnlearnConfig, unlearn
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def frozen(tiny_model_dir: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def _batch(tok, n: int = 6):
     from spulctl.data.demo import demo_records
 
