@@ -6,6 +6,8 @@ the KL term fetched per sample from a cache of full-vocabulary logits built by a
 
 Ours: the same P-tuning MLP, with each fast-step switch on (``all``) or one turned off at a time; ``ours-micro16``
 runs each step in slices of 16 examples (`TrainConfig.micro_batch`, gradients added up: the same step, less memory).
+On CUDA "ours" replays the step from CUDA graphs (``spulctl.cuda_graphs``), recorded for every batch shape of the
+run before timing (their recording time is in ``prep_s``); ``ours-no-cuda-graphs`` runs it eagerly.
 
 Every configuration runs in its own subprocess (so peak RSS is its own), configurations alternate in rounds,
 and each reports samples/s over ``--steps`` timed steps after ``--warmup`` steps, and peak memory: the process's
@@ -34,7 +36,8 @@ from _report import finish
 
 CONFIGS = ("reference", "ours", "ours-no-answer-only", "ours-no-shared-prefix", "ours-no-cached-reference",
            "ours-no-lean-mlp", "ours-no-grouped-attention", "ours-micro16")
-GPU_CONFIGS = ("ours-triton",)  # the fused answer-head loss and prompt_prepend kernels (--kernels triton); CUDA only
+# CUDA only: the eager step, and the fused answer-head loss + prompt_prepend kernels (--kernels triton)
+GPU_CONFIGS = ("ours-no-cuda-graphs", "ours-triton")
 
 
 def _peak_mb(device: str) -> float:
@@ -77,10 +80,11 @@ def _examples(model_spec: str, data: str, n_forget: int, n_retain: int, device: 
 def run_ours(args, switches: dict, kernels: str = "torch", micro_batch: int = 0) -> dict:
     import torch
 
+    from spulctl.cuda_graphs import GraphedPromptLoss, graphs_apply
     from spulctl.loss import LossWeights
     from spulctl.methods.base import AnswerObjective, reference_hidden
     from spulctl.prompt import init_vectors, soft_prompt
-    from spulctl.step import StepOptions, body_and_head, prompted_hidden, prompted_logits
+    from spulctl.step import StepOptions, body_and_head, bucketed_batches, prompted_hidden, prompted_logits
     from spulctl.train import forward_backward
 
     model, tok, examples, n_f = _examples(args.model, args.data, args.forget, args.retain, args.device, args.dtype)
@@ -95,12 +99,23 @@ def run_ours(args, switches: dict, kernels: str = "torch", micro_batch: int = 0)
 
         ref = reference_hidden(model, examples[n_f:], tok.pad_token_id,
                                Path(tempfile.mkdtemp()) / "ref.safetensors", "bench", 32, lambda _e: None)
+    graphed = None
+    if graphs_apply(opts, args.device, ref is not None):
+        graphed = GraphedPromptLoss(model, prompt, head, examples, n_f, None if ref is None else
+                                    ref.to(args.device, head.weight.dtype), LossWeights(), opts, tok.pad_token_id,
+                                    kernels)
+        batches = bucketed_batches([len(e.input_ids) for e in examples], args.batch_size, seed=0)
+        slices = [b[i:i + micro_batch] for b in batches[:args.warmup + args.steps]
+                  for i in range(0, len(b), micro_batch)] if micro_batch else batches[:args.warmup + args.steps]
+        graphed.prepare(slices)
+        _sync(args.device)
     prep = time.perf_counter() - t0
     obj = AnswerObjective(examples, n_f, list(prompt.named_parameters()),
                           lambda b: prompted_logits(model, b, prompt(), opts), ref,
                           lambda b: prompted_logits(model, b, None, opts), head, LossWeights(), tok.pad_token_id,
                           args.device, hidden_fn=lambda b: prompted_hidden(model, b, prompt(), opts),
-                          ref_hidden_fn=lambda b: prompted_hidden(model, b, None, opts), kernels=kernels)
+                          ref_hidden_fn=lambda b: prompted_hidden(model, b, None, opts), kernels=kernels,
+                          graphed=graphed)
     opt = torch.optim.AdamW(prompt.parameters(), lr=1e-4)
     return _time_steps(args, obj.lengths(), lambda idx: forward_backward(obj, idx, micro_batch), opt, base_rss, prep)
 

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# One GPU lease, several calls: every measurement that needs a CUDA GPU, in stages.
+# One GPU lease, several calls: every measurement that needs a CUDA GPU, in stages (several per call:
+# `bash benchmarks/gpu_session.sh setup graphs`).
 #
-#   bash benchmarks/gpu_session.sh setup      # install spulctl (no deps) into the machine's python3, gather model parts
-#   bash benchmarks/gpu_session.sh kernels    # compiled-kernel tests + bench_kernels.py (bf16)
-#   bash benchmarks/gpu_session.sh model      # assemble the familiarized model from its parts (fp16 copy)
-#   bash benchmarks/gpu_session.sh sweep NAME:ARGS...  # SPUL runs on SST-2 in parallel, fp32, + the fam baseline
-#                                                      # (RETAIN_LIMIT, default 3000: train_retain has 46k records)
-#   bash benchmarks/gpu_session.sh step       # bench_unlearn.py on CUDA (reference vs ours vs ours-triton)
+#   setup     install spulctl (no deps) into the machine's python3; gather the model parts this call carried
+#   graphs    GPU facts + tests/test_cuda_graphs.py (captured graphs vs the eager step, torch and Triton losses)
+#   kernels   compiled-kernel tests (tests/test_kernels.py with TRITON_INTERPRET=0)
+#   kbench    bench_kernels.py, bf16, the three heads (SmolLM2, Llama-2, Llama-3)
+#   model     assemble the familiarized model from its parts (fp16 copy)
+#   step      bench_unlearn.py on CUDA: reference vs ours (CUDA graphs) vs eager vs Triton
+#   spul      end-to-end `spulctl unlearn` runs of the SST-2 recipe (timing, then a seed sweep in parallel)
 #
-# The familiarized SmolLM2 travels as fp16 safetensors parts under .xfer/p1..p5 (each call's upload is capped);
-# the data (../shared/data/sst2-spul) travels with the first part. Results go to $OUT.
+# The familiarized SmolLM2 travels as fp16 safetensors parts under .xfer/p1..p5 (each call's upload is capped,
+# so one part per call; the machine keeps them while it stays warm); the data (../shared/data/sst2-spul) travels
+# with the last part. Results go to $OUT.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -25,12 +28,26 @@ setup() {
     ls "$FAM"
 }
 
-kernels() {
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+gpu_facts() {
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$OUT/gpu.txt"
     $PY -c "import torch, triton, transformers, onnxruntime as o; print(torch.__version__, triton.__version__, \
 transformers.__version__, o.__version__, o.get_available_providers())" | tee -a "$OUT/gpu.txt"
-    TRITON_INTERPRET=0 $PY -m pytest -q tests/test_kernels.py -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/kernel_tests.txt"
-    $PY benchmarks/bench_kernels.py --dtype bf16 --out "$OUT/kernels_h100_bf16.json" | tail -20
+}
+
+graphs() {
+    gpu_facts
+    TRITON_INTERPRET=0 timeout 240 $PY -m pytest -q tests/test_cuda_graphs.py -p no:cacheprovider 2>&1 \
+        | tail -40 | tee "$OUT/graph_tests.txt"
+}
+
+kernels() {
+    TRITON_INTERPRET=0 timeout 420 $PY -m pytest -q tests/test_kernels.py -p no:cacheprovider --durations 5 2>&1 \
+        | tail -30 | tee "$OUT/kernel_tests.txt"
+}
+
+kbench() {
+    timeout 400 $PY benchmarks/bench_kernels.py --dtype bf16 --heads 49152x576,32000x4096,128256x4096 \
+        --impls triton,eager --reps 20 --out "$OUT/kernels_h100_bf16_s5.json" | tail -30
 }
 
 model() {
@@ -50,50 +67,52 @@ print(len(sd), "tensors")
 EOF
 }
 
-sweep() {  # each argument: NAME:extra unlearn args (space separated)
-    local splits=$FAM/sst2-spul pids=()
-    mkdir -p /tmp/sweep "$OUT/sweep"
-    if [ ! -f /tmp/sweep/fam.json ]; then
-        $PY -m spulctl eval --model $FAM --splits $splits -o /tmp/sweep/fam-report --limit 1000 --dtype float32 \
-            >/tmp/sweep/fam.log 2>&1 && cp /tmp/sweep/fam-report/report.json /tmp/sweep/fam.json &
-        pids+=($!)
-    fi
-    for spec in "$@"; do
-        local name=${spec%%:*} extra=${spec#*:}
-        # shellcheck disable=SC2086
-        timeout "${SWEEP_TIMEOUT:-480}" $PY -m spulctl unlearn --model $FAM --splits $splits -o /tmp/sweep/$name \
-            --dtype float32 --epochs "${EPOCHS:-10}" --retain-limit "${RETAIN_LIMIT:-3000}" --no-report-before \
-            --checkpoint-every 200 $extra >/tmp/sweep/$name.log 2>&1 &
-        pids+=($!)
-    done
-    for p in "${pids[@]}"; do wait "$p" || true; done
-    $PY - "$@" <<'EOF'
-import json, sys
-from pathlib import Path
-root = Path("/tmp/sweep")
-fam = json.loads((root / "fam.json").read_text())["results"] if (root / "fam.json").exists() else {}
-print("fam", {k: round(v["accuracy"], 1) for k, v in next(iter(fam.values()), {}).items()} if fam else "-")
-for spec in sys.argv[1:]:
-    name = spec.split(":")[0]
-    b = root / name / "bundle.json"
-    if not b.exists():
-        tail = (root / f"{name}.log").read_text()[-300:] if (root / f"{name}.log").exists() else ""
-        print(f"{name:14s} not finished: {tail!r}")
-        continue
-    meta = json.loads(b.read_text())
-    after = meta["metrics"]["after"]
-    print(f"{name:14s} retain {after['test_retain']['accuracy']:5.1f}  forget {after['test_forget']['accuracy']:5.1f}  "
-          f"train_s {meta['training'].get('seconds', '?')}")
-EOF
-    tar -czf "$OUT/sweep.tar.gz" -C /tmp/sweep --exclude='*.ckpt' --exclude='reference.safetensors' . 2>/dev/null || true
-}
-
 step() {
     local splits=$FAM/sst2-spul
-    $PY benchmarks/bench_unlearn.py --device cuda --model $FAM --data $splits --forget 400 --retain 800 \
-        --batch-size 32 --steps 30 --warmup 5 --rounds 2 --threads 4 --out "$OUT/unlearn_h100.json" | tail -40
+    timeout 560 $PY benchmarks/bench_unlearn.py --device cuda --model $FAM --data $splits --forget 400 --retain 800 \
+        --batch-size 32 --steps 30 --warmup 5 --rounds 2 --threads 4 --configs reference,ours,ours-no-cuda-graphs,ours-triton \
+        --out "$OUT/unlearn_h100_s5.json" 2>&1 | tail -40
 }
 
-stage=$1
-shift
-"$stage" "$@"
+unlearn_run() {  # NAME ARGS...: one SST-2 SPUL run (the CPU recipe: 6,000 retain records, 2 epochs, lr 1e-2)
+    local name=$1 t0=$SECONDS
+    shift
+    $PY -m spulctl unlearn --model $FAM --splits $FAM/sst2-spul -o /tmp/spul/$name \
+        --prompt-encoder none --lr 1e-2 --epochs 2 --alpha 1 --beta 1 --no-report-before --checkpoint-every 100 "$@" \
+        >/tmp/spul/$name.log 2>&1
+    echo "$name: exit $?, wall $((SECONDS - t0)) s" | tee -a /tmp/spul/walls.txt
+}
+
+spul() {
+    mkdir -p /tmp/spul
+    # alone: end-to-end time with the defaults on CUDA (graphs, fused kernels), fp32 as the CPU runs
+    unlearn_run r6k-fp32 --retain-limit 6000 --dtype float32
+    unlearn_run r6k-fp32-eager --retain-limit 6000 --dtype float32 --no-cuda-graphs --max-steps 200
+    # together: the recipe's spread over seeds, bf16, and more retain records
+    local pids=()
+    for seed in 1 2 3; do unlearn_run r6k-fp32-s$seed --retain-limit 6000 --dtype float32 --seed $seed & pids+=($!); done
+    unlearn_run r6k-bf16 --retain-limit 6000 --dtype bfloat16 & pids+=($!)
+    unlearn_run r12k-fp32 --retain-limit 12000 --dtype float32 & pids+=($!)
+    for p in "${pids[@]}"; do wait "$p" || true; done
+    $PY - <<'PYEOF'
+import json
+from pathlib import Path
+for d in sorted(Path("/tmp/spul").iterdir()):
+    b = d / "bundle.json"
+    if not d.is_dir():
+        continue
+    if not b.exists():
+        print(f"{d.name:18s} no bundle: {(d.parent / (d.name + '.log')).read_text()[-400:]!r}")
+        continue
+    m = json.loads(b.read_text())
+    after, tr = m["metrics"]["after"], m["training"]
+    print(f"{d.name:18s} retain {after['test_retain']['accuracy']:5.1f}  forget {after['test_forget']['accuracy']:5.1f}  "
+          f"train {tr.get('seconds', 0):6.1f} s  {tr.get('samples_per_s', 0):7.1f} samples/s")
+PYEOF
+    tar -czf "$OUT/spul.tar.gz" -C /tmp/spul --exclude='*.safetensors.tmp' --exclude='reference.safetensors' \
+        --exclude='checkpoint-*' . 2>/dev/null || true
+}
+
+for stage in "$@"; do
+    "$stage"
+done

@@ -404,6 +404,8 @@ def unlearn(
     no_shared_prefix: Annotated[bool, typer.Option("--no-shared-prefix", help="Concatenate the prompt.")] = False,
     no_cached_reference: Annotated[bool, typer.Option("--no-cached-reference",
                                                       help="Second forward for r each step.")] = False,
+    no_cuda_graphs: Annotated[bool, typer.Option("--no-cuda-graphs",
+                                                 help="CUDA: run SPUL's step eagerly, not from CUDA graphs.")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (also each epoch).")] = 100,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Test records per split in the report (0: none).")] = 1000,
@@ -433,9 +435,9 @@ def unlearn(
                           weight_decay=weight_decay, warmup_ratio=warmup_ratio, seed=seed,
                           checkpoint_every=checkpoint_every, max_steps=max_steps, micro_batch=micro_batch),
         lora=LoraSettings(), full=full, answer_only=not no_answer_only, shared_prefix=not no_shared_prefix,
-        cached_reference=not no_cached_reference, eval_limit=eval_limit, retain_limit=retain_limit,
-        eval_every=eval_every, keep=keep, tau=tau, report_before=report_before, kernels=kernels,
-        dtype=dtype,
+        cached_reference=not no_cached_reference, cuda_graphs=not no_cuda_graphs, eval_limit=eval_limit,
+        retain_limit=retain_limit, eval_every=eval_every, keep=keep, tau=tau, report_before=report_before,
+        kernels=kernels, dtype=dtype,
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)

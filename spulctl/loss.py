@@ -187,3 +187,56 @@ def fused_unlearning_loss(hidden: torch.Tensor, targets: torch.Tensor, is_forget
             "l_f": (ce_row[is_forget].sum() / d_f).detach() if n_f else zero,
             "l_r": (ce_row[~is_forget].sum() / d_r).detach() if n_r else zero,
             "l_kl": (kl.sum() / d_r).detach() if use_kl else zero}
+
+
+def weighted_unlearning_loss(hidden: torch.Tensor, targets: torch.Tensor, w_f: torch.Tensor, w_r: torch.Tensor,
+                             ref_rows: torch.Tensor | None, head: Any, w: LossWeights,
+                             kernels: str = "torch") -> dict[str, torch.Tensor]:
+    """:func:`unlearning_loss` (or its fused form) with fixed shapes and no host synchronisation.
+
+    Rows are weighted instead of selected, so nothing depends on how many rows of each kind a batch holds: the
+    form a CUDA graph can capture once and replay for every batch of the same shape.
+
+    Args:
+        hidden: (b, k, d) hidden rows at the target positions.
+        targets: (b, k) target ids, -100 padded.
+        w_f: (b,) 1 / (forget rows of the whole batch) on forget rows, 0 elsewhere.
+        w_r: (b,) 1 / (retain rows of the whole batch) on retain rows, 0 elsewhere.
+        ref_rows: (b, d) the reference hidden row of every row (any finite row where ``w_r`` is 0), or None.
+        head: the output head (``head.weight`` is (V, d)).
+        w: term weights.
+        kernels: ``torch`` (logits at the answer rows) or ``triton`` (fused head, logits never built).
+
+    Returns:
+        ``loss`` and the parts ``l_f``, ``l_r``, ``l_kl``, as :func:`unlearning_loss`.
+    """
+    import torch
+
+    b, k, d = hidden.shape
+    use_kl = ref_rows is not None and w.kl > 0
+    if kernels == "triton":
+        from spulctl.kernels.answer_head_loss import answer_head_loss
+
+        valid = targets != -100  # (b, k)
+        n_tok = valid.sum(1).clamp(min=1).float()  # (b,)
+        w_ce = ((w.forget * w_f + w.retain * w_r) / n_tok).unsqueeze(1) * valid  # (b, k)
+        ref_idx = torch.full((b, k), -1, dtype=torch.long, device=hidden.device)
+        if use_kl:
+            rows = torch.arange(b, device=hidden.device)
+            ref_idx[:, 0] = torch.where(w_r > 0, rows, -1)  # KL at the answer position of retain rows
+        w_kl = (w.kl * w_r).unsqueeze(1) * (ref_idx >= 0)  # (b, k)
+        h_ref = ref_rows.detach() if use_kl else hidden.new_zeros(1, d)
+        loss, ce, kl = answer_head_loss(hidden.reshape(b * k, d), h_ref, head.weight.detach(),
+                                        torch.where(valid, targets, -1).flatten(), w_ce.flatten(),
+                                        ref_idx.flatten(), w_kl.flatten(), w.kl_direction)
+        ce_row = ce.view(b, k).sum(1) / n_tok  # (b,)
+        kl_row = kl.view(b, k)[:, 0]
+    else:
+        q = head(hidden).float()  # (b, k, V)
+        ce_row = row_ce(q, targets)
+        kl_row = kl_rows(q[:, 0], head(ref_rows).float(), w.kl_direction) if use_kl else None
+    l_f, l_r = (ce_row * w_f).sum(), (ce_row * w_r).sum()
+    l_kl = (kl_row * w_r).sum() if use_kl else ce_row.new_zeros(())
+    if kernels != "triton":
+        loss = w.forget * l_f + w.retain * l_r + w.kl * l_kl
+    return {"loss": loss, "l_f": l_f.detach(), "l_r": l_r.detach(), "l_kl": l_kl.detach()}

@@ -148,6 +148,8 @@ class StepOptions:
             layer fewer kept for the backward pass; bit-identical results).
         grouped_attention: on the CPU, attend through :func:`spulctl.attention.grouped_attention` (key/value heads
             read in place instead of repeated per query head; same function as SDPA up to fp32 rounding).
+        cuda_graphs: on CUDA, replay SPUL's whole step (forward, loss, backward) from a CUDA graph captured once
+            per padded batch shape (:mod:`spulctl.cuda_graphs`); the step is launch-bound there otherwise.
     """
 
     answer_only: bool = True
@@ -156,6 +158,7 @@ class StepOptions:
     prepend_kernel: bool = False
     lean_mlp: bool = True
     grouped_attention: bool = True
+    cuda_graphs: bool = True
 
 
 def shared_token_count(batch: Batch) -> int:
@@ -191,8 +194,13 @@ def prompt_prefix_cache(model: nn.Module, prefix: torch.Tensor, batch_size: int)
     return DynamicCache(ddp_cache_data=shared, config=body.config)
 
 
-def _states(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, opts: StepOptions):
+def _states(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, opts: StepOptions,
+            shared: int | None = None):
     """Run the body (with the prompt, if any); return final hidden states and the offset of ``batch``'s positions.
+
+    Args:
+        shared: the batch's shared leading token count when the caller knows it (the CUDA-graph step counts them
+            on the host: reading them off the device would synchronise); None counts them here.
 
     Returns:
         ``(hidden, offset)``: hidden row ``positions + offset`` belongs to position ``positions`` of ``batch``.
@@ -206,7 +214,7 @@ def _states(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, opts: S
     # Shared tokens: not while training with dropout (one mask would serve every row), and without a prompt only
     # on the CPU (there they cost an extra model call, which a launch-bound GPU pays more for than it saves).
     share = opts.shared_prefix and not body.training and (p > 0 or batch.input_ids.device.type == "cpu")
-    c = shared_token_count(batch) if share else 0
+    c = (shared_token_count(batch) if shared is None else shared) if share else 0
     if not p and not c:
         out = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         return out.last_hidden_state, 0
@@ -252,19 +260,20 @@ def _body_mode(model: nn.Module, opts: StepOptions):
 
 
 def prompted_hidden(model: nn.Module, batch: Batch, prompt: torch.Tensor | None,
-                    opts: StepOptions | None = None) -> torch.Tensor:
+                    opts: StepOptions | None = None, shared: int | None = None) -> torch.Tensor:
     """Final hidden states at the answer positions with the soft prompt prepended.
 
     Args:
         prompt: (p, d) soft prompt, or None for the unprompted model.
         opts: ``shared_prefix`` picks the KV-prefix path; otherwise the prompt is concatenated to the embeddings.
+        shared: the batch's shared leading token count, if known (see :func:`shared_token_count`).
 
     Returns:
         (b, k, d) hidden rows at ``batch.positions``.
     """
     opts = opts or StepOptions()
     with _body_mode(model, opts):
-        hidden, offset = _states(model, batch, prompt, opts)
+        hidden, offset = _states(model, batch, prompt, opts, shared)
     idx = (batch.positions + offset).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (b, k, d)
     return hidden.gather(1, idx)
 

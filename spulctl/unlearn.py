@@ -42,6 +42,7 @@ class UnlearnConfig:
         alpha, beta: weights of L_r and L_kl. kl_direction: ``forward`` KL(r‖q) | ``reverse`` KL(q‖r).
         generic_labels: SPUL's forget targets.
         answer_only, shared_prefix, cached_reference: fast-step switches (all on by default).
+        cuda_graphs: on CUDA, replay SPUL's step from CUDA graphs (:mod:`spulctl.cuda_graphs`; on by default).
         full: baselines fine-tune all weights instead of LoRA.
         eval_limit: records per test split in the before/after report (None = all, 0 = none).
         kernels: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch`` for the answer-head loss.
@@ -76,6 +77,7 @@ class UnlearnConfig:
     answer_only: bool = True
     shared_prefix: bool = True
     cached_reference: bool = True
+    cuda_graphs: bool = True
     eval_limit: int | None = 1000
     eval_batch_size: int = 32
     retain_limit: int | None = None

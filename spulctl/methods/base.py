@@ -61,19 +61,23 @@ class AnswerObjective:
         hidden_fn: ``batch -> (b, k, d)`` hidden rows of the model being trained (fused-kernel path).
         ref_hidden_fn: ``batch -> (b, k, d)`` unprompted hidden rows (fused path without a cached reference).
         kernels: ``torch`` (the reference loss on logits) or ``triton`` (fused head, logits never built).
+        graphed: ``(indices, within) -> parts`` that replaces :meth:`loss` (SPUL's CUDA-graph step,
+            :class:`~spulctl.cuda_graphs.GraphedPromptLoss`), or None.
     """
 
     def __init__(self, examples: list[Encoded], n_forget: int, params: list[tuple[str, torch.nn.Parameter]],
                  logits_fn: Callable[[Batch], torch.Tensor], ref_hidden: torch.Tensor | None,
                  ref_logits_fn: Callable[[Batch], torch.Tensor] | None, head: nn.Module, weights: LossWeights,
                  pad_id: int, device: Any, hidden_fn: Callable[[Batch], torch.Tensor] | None = None,
-                 ref_hidden_fn: Callable[[Batch], torch.Tensor] | None = None, kernels: str = "torch") -> None:
+                 ref_hidden_fn: Callable[[Batch], torch.Tensor] | None = None, kernels: str = "torch",
+                 graphed: Callable[..., dict[str, torch.Tensor]] | None = None) -> None:
         self.examples, self.n_forget, self.params = examples, n_forget, params
         # the cached rows live where the head is, in its dtype: indexed by the batch's (device) indices each step
         ref_hidden = None if ref_hidden is None else ref_hidden.to(device, head.weight.dtype)
         self.logits_fn, self.ref_hidden, self.ref_logits_fn = logits_fn, ref_hidden, ref_logits_fn
         self.head, self.weights, self.pad_id, self.device = head, weights, pad_id, device
         self.hidden_fn, self.ref_hidden_fn, self.kernels = hidden_fn, ref_hidden_fn, kernels
+        self.graphed = graphed
 
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return self.params
@@ -87,6 +91,8 @@ class AnswerObjective:
 
         from spulctl.step import collate
 
+        if self.graphed is not None:
+            return self.graphed(indices, within)
         batch = collate([self.examples[i] for i in indices], self.pad_id, indices).to(self.device)
         is_forget = batch.index < self.n_forget  # (b,)
         counts = None
@@ -170,4 +176,5 @@ def step_options(settings: Any) -> StepOptions:
     from spulctl.step import StepOptions
 
     return StepOptions(answer_only=settings.answer_only, shared_prefix=settings.shared_prefix,
-                       cached_reference=settings.cached_reference)
+                       cached_reference=settings.cached_reference,
+                       cuda_graphs=getattr(settings, "cuda_graphs", True))

@@ -53,6 +53,13 @@ class Spul:
             ref = reference_hidden(ctx.model, examples[n_forget:], ctx.tokenizer.pad_token_id,
                                    ctx.ckpt_dir / "reference.safetensors", ref_key, s.eval_batch_size, ctx.emit)
         weights = LossWeights(forget=1.0, retain=s.alpha, kl=s.beta, kl_direction=s.kl_direction)
+        graphed = None
+        from spulctl.cuda_graphs import GraphedPromptLoss, graphs_apply
+
+        if graphs_apply(opts, device, ref is not None or s.beta <= 0):
+            graphed = GraphedPromptLoss(ctx.model, self.prompt, head, examples, n_forget,
+                                        None if ref is None else ref.to(device, head.weight.dtype), weights, opts,
+                                        ctx.tokenizer.pad_token_id, kernels)
         return AnswerObjective(
             examples, n_forget, [(f"prompt.{n}", p) for n, p in self.prompt.named_parameters()],
             logits_fn=lambda b: prompted_logits(ctx.model, b, self.prompt(), opts),
@@ -60,7 +67,7 @@ class Spul:
             head=head, weights=weights, pad_id=ctx.tokenizer.pad_token_id, device=device,
             hidden_fn=lambda b: prompted_hidden(ctx.model, b, self.prompt(), opts),
             ref_hidden_fn=lambda b: prompted_hidden(ctx.model, b, None, opts),
-            kernels=kernels)
+            kernels=kernels, graphed=graphed)
 
     def forget_targets(self) -> list[list[int]]:
         """SPUL pushes forget rows to a generic label, drawn uniformly per record (seeded)."""
