@@ -170,3 +170,30 @@ def test_replayed_graphs_equal_the_eager_step(tiny_model_dir, kernels: str):
         opt.step()  # in place: the next replay must read the updated prompt
         opt.zero_grad(set_to_none=True)
         assert captured.captured == min(step + 1, 2)
+
+
+def test_no_cuda_graphs_flag_reaches_the_step_options(tmp_path):
+    """`unlearn --no-cuda-graphs` -> UnlearnConfig.cuda_graphs -> StepOptions.cuda_graphs (the switch SPUL reads)."""
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from spulctl.cli import app
+    from spulctl.methods.base import step_options
+    from spulctl.unlearn import UnlearnConfig
+
+    seen = {}
+
+    def fake_run(cfg, **_kw):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    forget = tmp_path / "f.jsonl"
+    forget.write_text('{"text": "a", "label": "positive"}\n')
+    for flag, want in (([], True), (["--no-cuda-graphs"], False)):
+        with mock.patch("spulctl.unlearn.unlearn", fake_run):
+            CliRunner().invoke(app, ["unlearn", "--model", "m", "--forget", str(forget), "-o",
+                                     str(tmp_path / "out"), *flag])
+        assert seen["cfg"].cuda_graphs is want
+        assert step_options(seen["cfg"]).cuda_graphs is want
+    assert step_options(UnlearnConfig(model="m", out=tmp_path / "o", forget=forget)).cuda_graphs is True

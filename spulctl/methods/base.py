@@ -177,4 +177,4 @@ def step_options(settings: Any) -> StepOptions:
 
     return StepOptions(answer_only=settings.answer_only, shared_prefix=settings.shared_prefix,
                        cached_reference=settings.cached_reference,
-                       cuda_graphs=getattr(settings, "cuda_graphs", True))
+                       cuda_graphs=settings.cuda_graphs)
