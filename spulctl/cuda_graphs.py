@@ -22,6 +22,7 @@ which is how the CPU tests check it against :class:`~spulctl.methods.base.Answer
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,13 +75,13 @@ class GraphedPromptLoss:
         length_multiple: lengths are padded up to a multiple of this (fewer shapes, more padding).
         capture: record CUDA graphs (default: when the model is on CUDA); False runs the static step eagerly.
         warmup: eager runs on a side stream before each capture (cuBLAS and autograd set themselves up there).
+        note: called with a one-line message if a capture fails (the step then runs eagerly from there on).
     """
 
     def __init__(self, model: nn.Module, prompt: nn.Module, head: nn.Module, examples: list[Encoded],
                  n_forget: int, ref_hidden: torch.Tensor | None, weights: LossWeights, opts: StepOptions,
                  pad_id: int, kernels: str = "torch", length_multiple: int = LENGTH_MULTIPLE,
-                 capture: bool | None = None, warmup: int = 2) -> None:
-        import torch
+                 capture: bool | None = None, warmup: int = 2, note: Callable[[str], None] | None = None) -> None:
 
         from spulctl.errors import SpulError
 
@@ -91,9 +92,9 @@ class GraphedPromptLoss:
         self.pad_id, self.kernels, self.length_multiple = pad_id, kernels, max(1, length_multiple)
         self.device = head.weight.device
         self.capture = self.device.type == "cuda" if capture is None else capture
-        self.warmup = warmup
+        self.warmup, self.note = warmup, note or (lambda _m: None)
         self.params = [p for p in prompt.parameters() if p.requires_grad]
-        self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.pool = None  # the graphs' shared memory pool, made at the first capture
         self.entries: dict[tuple[int, ...], _Entry] = {}
 
     @property
@@ -145,21 +146,35 @@ class GraphedPromptLoss:
         return {k: parts[k].detach() for k in PARTS}, grads
 
     def _record(self, key: tuple[int, ...], inputs: dict[str, torch.Tensor]) -> _Entry:
-        import torch
-
         entry = _Entry({k: v.to(self.device) for k, v in inputs.items()})
         if not self.capture:
             return entry
+        try:
+            self._capture(entry, key[3])
+        except RuntimeError as err:  # a model whose forward reads values back to the host cannot be captured
+            entry.graph = entry.parts = entry.grads = None
+            self.capture = False
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            self.note(f"CUDA-graph capture failed ({first}); running the step eagerly "
+                      "(--no-cuda-graphs skips the attempt)")
+        return entry
+
+    def _capture(self, entry: _Entry, shared: int) -> None:
+        """Warm up on a side stream, then record ``entry``'s step into a graph in the shared pool."""
+        import torch
+
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self._step(entry.static, key[3])
+                self._step(entry.static, shared)
         torch.cuda.current_stream().wait_stream(side)
-        entry.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(entry.graph, pool=self.pool):
-            entry.parts, entry.grads = self._step(entry.static, key[3])
-        return entry
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            entry.parts, entry.grads = self._step(entry.static, shared)
+        entry.graph = graph
 
     def prepare(self, batches: list[list[int]]) -> int:
         """Record the graphs of every shape among ``batches`` now (else each is recorded on first use).

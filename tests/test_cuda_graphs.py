@@ -197,3 +197,28 @@ def test_no_cuda_graphs_flag_reaches_the_step_options(tmp_path):
         assert seen["cfg"].cuda_graphs is want
         assert step_options(seen["cfg"]).cuda_graphs is want
     assert step_options(UnlearnConfig(model="m", out=tmp_path / "o", forget=forget)).cuda_graphs is True
+
+
+def test_failed_capture_falls_back_to_the_eager_step(frozen, monkeypatch):
+    """A capture error becomes one note; that batch and every later one run the same step eagerly."""
+    from spulctl.cuda_graphs import GraphedPromptLoss
+    from spulctl.train import forward_backward
+
+    model, tok = frozen
+    obj, graphed, prompt = _objective_pair(model, tok, "none")
+    want = forward_backward(obj, [0, 4, 5, 1])
+    g_want = _grads(prompt)
+
+    def refuse(self, entry, shared):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(GraphedPromptLoss, "_capture", refuse)
+    notes: list[str] = []
+    graphed.capture, graphed.note = True, notes.append
+    obj.graphed = graphed
+    got = forward_backward(obj, [0, 4, 5, 1])
+    _assert_same(got, _grads(prompt), want, g_want)
+    forward_backward(obj, [2, 6])  # a new shape: no second capture attempt
+    assert graphed.capture is False and graphed.captured == 0
+    assert notes == ["CUDA-graph capture failed (CUDA error: operation not permitted when stream is capturing); "
+                     "running the step eagerly (--no-cuda-graphs skips the attempt)"]

@@ -59,7 +59,8 @@ class Spul:
         if graphs_apply(opts, device, ref is not None or s.beta <= 0):
             graphed = GraphedPromptLoss(ctx.model, self.prompt, head, examples, n_forget,
                                         None if ref is None else ref.to(device, head.weight.dtype), weights, opts,
-                                        ctx.tokenizer.pad_token_id, kernels)
+                                        ctx.tokenizer.pad_token_id, kernels,
+                                        note=lambda m: ctx.emit({"kind": "note", "message": m}))
         return AnswerObjective(
             examples, n_forget, [(f"prompt.{n}", p) for n, p in self.prompt.named_parameters()],
             logits_fn=lambda b: prompted_logits(ctx.model, b, self.prompt(), opts),
