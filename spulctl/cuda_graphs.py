@@ -39,8 +39,11 @@ PARTS = ("loss", "l_f", "l_r", "l_kl")
 
 
 def graphs_apply(opts: StepOptions, device: Any, reference: bool) -> bool:
-    """Whether SPUL's step runs from CUDA graphs: asked for, on CUDA, on the captured path (shared prefix and
-    answer-only head) and with ``reference`` rows cached (or no KL term)."""
+    """Whether SPUL's step runs from CUDA graphs.
+
+    It does when asked for (``opts.cuda_graphs``), on CUDA, on the captured path (shared prefix and answer-only
+    head) and with ``reference`` true: the reference rows are cached, or there is no KL term.
+    """
     return bool(opts.cuda_graphs and str(device).startswith("cuda") and opts.shared_prefix and opts.answer_only
                 and reference)
 
