@@ -85,7 +85,7 @@ def run_ours(args, switches: dict, kernels: str = "torch", micro_batch: int = 0)
     from spulctl.methods.base import AnswerObjective, reference_hidden
     from spulctl.prompt import init_vectors, soft_prompt
     from spulctl.step import StepOptions, body_and_head, bucketed_batches, prompted_hidden, prompted_logits
-    from spulctl.train import forward_backward
+    from spulctl.train import forward_backward, micro_slices
 
     model, tok, examples, n_f = _examples(args.model, args.data, args.forget, args.retain, args.device, args.dtype)
     base_rss = _peak_mb(args.device)
@@ -101,13 +101,10 @@ def run_ours(args, switches: dict, kernels: str = "torch", micro_batch: int = 0)
                                Path(tempfile.mkdtemp()) / "ref.safetensors", "bench", 32, lambda _e: None)
     graphed = None
     if graphs_apply(opts, args.device, ref is not None):
-        graphed = GraphedPromptLoss(model, prompt, head, examples, n_f, None if ref is None else
-                                    ref.to(args.device, head.weight.dtype), LossWeights(), opts, tok.pad_token_id,
+        graphed = GraphedPromptLoss(model, prompt, head, examples, n_f, ref, LossWeights(), opts, tok.pad_token_id,
                                     kernels)
         batches = bucketed_batches([len(e.input_ids) for e in examples], args.batch_size, seed=0)
-        slices = [b[i:i + micro_batch] for b in batches[:args.warmup + args.steps]
-                  for i in range(0, len(b), micro_batch)] if micro_batch else batches[:args.warmup + args.steps]
-        graphed.prepare(slices)
+        graphed.prepare([part for b in batches[:args.warmup + args.steps] for part in micro_slices(b, micro_batch)])
         _sync(args.device)
     prep = time.perf_counter() - t0
     obj = AnswerObjective(examples, n_f, list(prompt.named_parameters()),

@@ -70,7 +70,8 @@ class GraphedPromptLoss:
         head: the model's output head.
         examples: forget examples first, then retain examples.
         n_forget: how many of ``examples`` are forget rows.
-        ref_hidden: (n_retain, d) cached reference rows on the head's device and dtype, or None (only with β = 0).
+        ref_hidden: (n_retain, d) cached reference rows (moved to the head's device and dtype here), or None
+            (only with β = 0).
         weights: loss term weights.
         opts: fast-step switches (the shared-prefix path is the one captured).
         pad_id: tokenizer pad id.
@@ -85,15 +86,15 @@ class GraphedPromptLoss:
                  n_forget: int, ref_hidden: torch.Tensor | None, weights: LossWeights, opts: StepOptions,
                  pad_id: int, kernels: str = "torch", length_multiple: int = LENGTH_MULTIPLE,
                  capture: bool | None = None, warmup: int = 2, note: Callable[[str], None] | None = None) -> None:
-
         from spulctl.errors import SpulError
 
         if ref_hidden is None and weights.kl > 0:
             raise SpulError("CUDA-graph step: the KL term needs the cached reference (drop --no-cached-reference)")
         self.model, self.prompt, self.head, self.examples = model, prompt, head, examples
-        self.n_forget, self.ref_hidden, self.weights, self.opts = n_forget, ref_hidden, weights, opts
-        self.pad_id, self.kernels, self.length_multiple = pad_id, kernels, max(1, length_multiple)
         self.device = head.weight.device
+        self.ref_hidden = None if ref_hidden is None else ref_hidden.to(self.device, head.weight.dtype)
+        self.n_forget, self.weights, self.opts = n_forget, weights, opts
+        self.pad_id, self.kernels, self.length_multiple = pad_id, kernels, max(1, length_multiple)
         self.capture = self.device.type == "cuda" if capture is None else capture
         self.warmup, self.note = warmup, note or (lambda _m: None)
         self.params = [p for p in prompt.parameters() if p.requires_grad]
@@ -139,6 +140,7 @@ class GraphedPromptLoss:
         from spulctl.loss import weighted_unlearning_loss
         from spulctl.step import Batch, prompted_hidden
 
+        # labels and index are not read by the forward: the reference rows stand in for both
         batch = Batch(static["input_ids"], static["attention_mask"], static["positions"], static["targets"],
                       static["ref_rows"], static["ref_rows"])
         hidden = prompted_hidden(self.model, batch, self.prompt(), self.opts, shared=shared)  # (b, k, d)

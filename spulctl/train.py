@@ -114,6 +114,13 @@ class TrainResult:
 Event = Callable[[dict[str, Any]], None]
 
 
+def micro_slices(indices: list[int], micro_batch: int) -> list[list[int]]:
+    """A step's batch in slices of ``micro_batch`` examples (one slice when 0 or at least the batch)."""
+    if micro_batch <= 0 or micro_batch >= len(indices):
+        return [indices]
+    return [indices[i:i + micro_batch] for i in range(0, len(indices), micro_batch)]
+
+
 def forward_backward(objective: Objective, indices: list[int], micro_batch: int = 0,
                      step: int = 0) -> dict[str, torch.Tensor]:
     """Loss and gradients (accumulated into ``.grad``) of one batch, in slices of ``micro_batch`` examples.
@@ -126,8 +133,7 @@ def forward_backward(objective: Objective, indices: list[int], micro_batch: int 
     """
     import torch
 
-    slices = [indices] if micro_batch <= 0 or micro_batch >= len(indices) else \
-        [indices[i:i + micro_batch] for i in range(0, len(indices), micro_batch)]
+    slices = micro_slices(indices, micro_batch)
     total: dict[str, torch.Tensor] = {}
     for part in slices:
         parts = objective.loss(part) if len(slices) == 1 else objective.loss(part, within=indices)

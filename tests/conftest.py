@@ -63,6 +63,21 @@ def frozen(tiny_model_dir: Path):
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def mixed_examples(frozen):
+    """7 encoded demo records for the tiny tokenizer: 3 forget rows (generic targets) first, then 4 retain rows."""
+    from spulctl.data.demo import demo_records
+    from spulctl.data.task import TaskSpec, encode, label_vocab
+
+    tok = frozen[1]
+    spec = TaskSpec()
+    vocab = label_vocab(spec, tok)
+    records = demo_records(7)
+    targets = [vocab.generic_ids[i % 2] if i < 3 else vocab.label_ids[spec.label_words.index(r["label"])]
+               for i, r in enumerate(records)]
+    return encode(records, spec, tok, vocab, targets=targets)
+
+
 @pytest.fixture(scope="session")
 def demo_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Entity splits of the demo dataset, written as the split command writes them."""

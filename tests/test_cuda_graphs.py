@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spulctl.data.task import TaskSpec, encode, label_vocab
 from spulctl.loss import LossWeights, unlearning_loss, weighted_unlearning_loss
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
@@ -45,20 +44,13 @@ def test_weighted_loss_equals_the_selecting_loss(kernels: str, direction: str, c
     torch.testing.assert_close(hidden.grad, g_sel, rtol=1e-5, atol=1e-7)
 
 
-def _objective_pair(model, tok, encoder: str, beta: float = 0.3):
-    """The eager AnswerObjective and the (uncaptured) static step over the same 7 demo examples and prompt."""
+def _objective_pair(model, tok, examples, encoder: str, beta: float = 0.3):
+    """The eager AnswerObjective and the (uncaptured) static step over the same examples (3 forget) and prompt."""
     from spulctl.cuda_graphs import GraphedPromptLoss
-    from spulctl.data.demo import demo_records
     from spulctl.methods.base import AnswerObjective
     from spulctl.prompt import soft_prompt
     from spulctl.step import StepOptions, answer_hidden, body_and_head, collate, prompted_logits
 
-    spec = TaskSpec()
-    vocab = label_vocab(spec, tok)
-    records = demo_records(7)
-    targets = [vocab.generic_ids[i % 2] if i < 3 else vocab.label_ids[spec.label_words.index(r["label"])]
-               for i, r in enumerate(records)]
-    examples = encode(records, spec, tok, vocab, targets=targets)
     with torch.no_grad():
         ref = answer_hidden(model, collate(examples[3:], tok.pad_token_id).to(model.device))[:, 0]  # (4, d): cached
     torch.manual_seed(0)
@@ -67,10 +59,9 @@ def _objective_pair(model, tok, encoder: str, beta: float = 0.3):
     w = LossWeights(forget=1.0, retain=0.7, kl=beta)
     opts = StepOptions()
     obj = AnswerObjective(examples, 3, list(prompt.named_parameters()),
-                          lambda b: prompted_logits(model, b, prompt(), opts), ref.to(model.device), None, head, w,
+                          lambda b: prompted_logits(model, b, prompt(), opts), ref, None, head, w,
                           tok.pad_token_id, model.device)
-    graphed = GraphedPromptLoss(model, prompt, head, examples, 3, ref.to(model.device), w, opts, tok.pad_token_id,
-                                capture=False)
+    graphed = GraphedPromptLoss(model, prompt, head, examples, 3, ref, w, opts, tok.pad_token_id, capture=False)
     return obj, graphed, prompt
 
 
@@ -91,12 +82,12 @@ def _assert_same(parts_a, grads_a, parts_b, grads_b, rel: float = 1e-5):
 
 @pytest.mark.parametrize("encoder", ["none", "mlp"])
 @pytest.mark.parametrize("micro_batch", [0, 2])
-def test_padded_static_step_equals_the_objective(frozen, encoder: str, micro_batch: int):
+def test_padded_static_step_equals_the_objective(frozen, mixed_examples, encoder: str, micro_batch: int):
     """Padding to a multiple of 16 tokens, host-counted shared tokens and row weights change nothing."""
     from spulctl.train import forward_backward
 
     model, tok = frozen
-    obj, graphed, prompt = _objective_pair(model, tok, encoder)
+    obj, graphed, prompt = _objective_pair(model, tok, mixed_examples, encoder)
     batch = [5, 0, 3, 6, 1, 2, 4]
     key, inputs = graphed.host_inputs(batch)
     natural = max(len(obj.examples[i].input_ids) for i in batch)
@@ -110,11 +101,11 @@ def test_padded_static_step_equals_the_objective(frozen, encoder: str, micro_bat
     _assert_same(got, _grads(prompt), want, g_want)
 
 
-def test_static_step_without_kl_term(frozen):
+def test_static_step_without_kl_term(frozen, mixed_examples):
     from spulctl.train import forward_backward
 
     model, tok = frozen
-    obj, graphed, prompt = _objective_pair(model, tok, "none", beta=0.0)
+    obj, graphed, prompt = _objective_pair(model, tok, mixed_examples, "none", beta=0.0)
     want = forward_backward(obj, [0, 4, 5, 1])
     g_want = _grads(prompt)
     obj.graphed = graphed
@@ -137,7 +128,7 @@ def test_graphs_apply_only_where_they_can():
 
 @cuda
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-def test_replayed_graphs_equal_the_eager_step(tiny_model_dir, kernels: str):
+def test_replayed_graphs_equal_the_eager_step(tiny_model_dir, mixed_examples, kernels: str):
     """Graphs for two shapes, replayed in changing order across optimiser steps, give the eager step's numbers."""
     import os
 
@@ -151,7 +142,7 @@ def test_replayed_graphs_equal_the_eager_step(tiny_model_dir, kernels: str):
     for p in model.parameters():
         p.requires_grad_(False)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    obj, graphed, prompt = _objective_pair(model, tok, "mlp")
+    obj, graphed, prompt = _objective_pair(model, tok, mixed_examples, "mlp")
     graphed.kernels = kernels
     eager = type(graphed)(model, prompt, graphed.head, graphed.examples, 3, graphed.ref_hidden, graphed.weights,
                           graphed.opts, tok.pad_token_id, kernels, capture=False)
@@ -199,13 +190,13 @@ def test_no_cuda_graphs_flag_reaches_the_step_options(tmp_path):
     assert step_options(UnlearnConfig(model="m", out=tmp_path / "o", forget=forget)).cuda_graphs is True
 
 
-def test_failed_capture_falls_back_to_the_eager_step(frozen, monkeypatch):
+def test_failed_capture_falls_back_to_the_eager_step(frozen, mixed_examples, monkeypatch):
     """A capture error becomes one note; that batch and every later one run the same step eagerly."""
     from spulctl.cuda_graphs import GraphedPromptLoss
     from spulctl.train import forward_backward
 
     model, tok = frozen
-    obj, graphed, prompt = _objective_pair(model, tok, "none")
+    obj, graphed, prompt = _objective_pair(model, tok, mixed_examples, "none")
     want = forward_backward(obj, [0, 4, 5, 1])
     g_want = _grads(prompt)
 

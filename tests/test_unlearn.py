@@ -340,20 +340,14 @@ def test_lean_swiglu_is_bit_identical(frozen, shared_prefix):
 
 
 @pytest.mark.parametrize("method", ["spul", "ga_kl"])
-def test_micro_batches_give_the_whole_batch_gradient(frozen, method: str):
+def test_micro_batches_give_the_whole_batch_gradient(frozen, mixed_examples, method: str):
     """forward_backward in slices of 2 adds up to the loss parts and gradient of the whole batch."""
-    from spulctl.data.demo import demo_records
     from spulctl.methods.base import AnswerObjective
     from spulctl.step import body_and_head, prompted_logits
     from spulctl.train import forward_backward
 
     model, tok = frozen
-    spec = TaskSpec()
-    vocab = label_vocab(spec, tok)
-    records = demo_records(7)
-    targets = [vocab.generic_ids[i % 2] if i < 3 else vocab.label_ids[spec.label_words.index(r["label"])]
-               for i, r in enumerate(records)]
-    examples = encode(records, spec, tok, vocab, targets=targets)
+    examples = mixed_examples
     torch.manual_seed(0)
     phi = (torch.randn(3, 64) * 0.5).requires_grad_(True)
     w = LossWeights(forget=-1.0 if method == "ga_kl" else 1.0, retain=0.7, kl=0.3)

@@ -35,6 +35,7 @@ class Spul:
 
         import torch
 
+        from spulctl.cuda_graphs import GraphedPromptLoss, graphs_apply
         from spulctl.loss import LossWeights, resolve_kernels
         from spulctl.prompt import init_vectors, soft_prompt
         from spulctl.step import body_and_head, prompted_hidden, prompted_logits
@@ -54,11 +55,8 @@ class Spul:
                                    ctx.ckpt_dir / "reference.safetensors", ref_key, s.eval_batch_size, ctx.emit)
         weights = LossWeights(forget=1.0, retain=s.alpha, kl=s.beta, kl_direction=s.kl_direction)
         graphed = None
-        from spulctl.cuda_graphs import GraphedPromptLoss, graphs_apply
-
         if graphs_apply(opts, device, ref is not None or s.beta <= 0):
-            graphed = GraphedPromptLoss(ctx.model, self.prompt, head, examples, n_forget,
-                                        None if ref is None else ref.to(device, head.weight.dtype), weights, opts,
+            graphed = GraphedPromptLoss(ctx.model, self.prompt, head, examples, n_forget, ref, weights, opts,
                                         ctx.tokenizer.pad_token_id, kernels,
                                         note=lambda m: ctx.emit({"kind": "note", "message": m}))
         return AnswerObjective(
