@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spulctl.data.readers import ReadOptions, find_split_file, read_records
+from spulctl.data.readers import find_split_file, load_split
 from spulctl.data.task import TaskSpec
 from spulctl.errors import SpulError
 from spulctl.io import check_output_dir, sha256_file, staged_dir, write_json_atomic
@@ -59,6 +59,8 @@ class FamiliarizeConfig:
         eval_limit: test records per split for the final accuracy (None = all, 0 = skip).
         task: template and label words.
         eval_batch_size: batch size of the final evaluation.
+        max_length: tokens per example; longer texts are cut (:mod:`spulctl.data.truncate`). None: the model's
+            context window.
     """
 
     model: str
@@ -72,6 +74,8 @@ class FamiliarizeConfig:
     eval_limit: int | None = 1000
     task: TaskSpec = field(default_factory=TaskSpec)
     eval_batch_size: int = 32
+    recipe: dict[str, Any] | None = None  # the --config recipe (path, sha256, content), copied into the manifest
+    max_length: int | None = None
 
 
 class _LabelObjective:
@@ -98,11 +102,6 @@ class _LabelObjective:
         return {"loss": loss}
 
 
-def load_split(splits: Path, name: str, note: Callable[[str], None] | None = None) -> list[dict]:
-    """Read one split file (``train_forget`` ...) from a splits directory."""
-    return read_records(find_split_file(splits, name), ReadOptions(), note)
-
-
 def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = False,
                 on_event: Callable[[dict], None] | None = None) -> dict:
     """Fit LoRA/QLoRA on train_forget ∪ train_retain, merge, save, evaluate on the test splits.
@@ -114,6 +113,7 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     from peft import get_peft_model, get_peft_model_state_dict
 
     from spulctl.data.task import encode, label_vocab
+    from spulctl.data.truncate import POLICY, resolve_max_length, truncation_note
     from spulctl.models import fingerprint, load_model
 
     emit = on_event or (lambda _e: None)
@@ -136,17 +136,21 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     model = get_peft_model(model, cfg.lora.peft_config())
     model.train()
     vocab = label_vocab(cfg.task, tok)
-    examples = encode(records, cfg.task, tok, vocab)
+    max_length = resolve_max_length(model.config, 0, cfg.max_length)
+    examples = encode(records, cfg.task, tok, vocab, max_length=max_length)
+    truncation = {"max_length": max_length, "policy": POLICY, "truncated": sum(e.truncated for e in examples)}
+    truncation_note(emit, "familiarize", truncation["truncated"], len(examples), max_length)
     data_hashes = {n: sha256_file(find_split_file(cfg.splits, n)) for n in ("train_forget", "train_retain")}
     run_key = {"model": cfg.model, "data": data_hashes, "lora": asdict(cfg.lora), "4bit": cfg.load_in_4bit,
-               "retain_limit": cfg.retain_limit, "task": cfg.task.to_dict()}
+               "retain_limit": cfg.retain_limit, "task": cfg.task.to_dict(), "max_length": max_length}
     result = fit(_LabelObjective(model, examples, tok.pad_token_id), cfg.train, ckpt, resume, emit, run_key)
     model.eval()
     if cfg.load_in_4bit:
         merged = _merge_into_full_precision(cfg, get_peft_model_state_dict(model), note)
     else:
         merged = model.merge_and_unload()
-    metrics = evaluate_splits(merged, tok, cfg.task, cfg.splits, cfg.eval_limit, cfg.eval_batch_size, emit)
+    metrics = evaluate_splits(merged, tok, cfg.task, cfg.splits, cfg.eval_limit, cfg.eval_batch_size, emit,
+                              max_length=max_length)
     manifest = {
         "kind": "familiarized-model", "base_model": cfg.model, "base_fingerprint": base_fp,
         "fingerprint": fingerprint(merged), "data_sha256": data_hashes,
@@ -154,7 +158,10 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
         "lora": asdict(cfg.lora), "load_in_4bit": cfg.load_in_4bit, "train": asdict(cfg.train),
         "task": cfg.task.to_dict(), "steps": result.steps, "train_seconds": round(result.seconds, 1),
         "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history, "metrics": metrics,
+        "truncation": truncation,
     }
+    if cfg.recipe is not None:
+        manifest["recipe"] = cfg.recipe
     with staged_dir(cfg.out, overwrite=True) as stage:
         merged.save_pretrained(stage, safe_serialization=True)
         tok.save_pretrained(stage)
@@ -186,12 +193,13 @@ def _merge_into_full_precision(cfg: FamiliarizeConfig, adapter: dict, note) -> A
 
 def evaluate_splits(model, tok, task: TaskSpec, splits: Path, limit: int | None, batch_size: int,
                     emit: Callable[[dict], None], names: tuple[str, ...] = ("test_retain", "test_forget"),
-                    logits_fn: Callable | None = None, tag: str = "") -> dict:
+                    logits_fn: Callable | None = None, tag: str = "", max_length: int | None = None) -> dict:
     """Accuracy etc. on the named splits present in ``splits`` (first ``limit`` records each).
 
     Args:
         logits_fn: ``(model, batch) -> (b, k, V)`` scorer (e.g. with a soft prompt); default: the plain model.
         tag: prefix of the progress-bar names (``before``/``after``).
+        max_length: tokens per example (resolved by the caller, who knows the prompt); None: the context window.
     """
     from spulctl.data.task import label_vocab
     from spulctl.evaluate.metrics import score_records
@@ -206,5 +214,5 @@ def evaluate_splits(model, tok, task: TaskSpec, splits: Path, limit: int | None,
         except SpulError:
             continue
         out[name] = score_records(model, tok, task, vocab, records[:limit] if limit else records, batch_size, emit,
-                                  f"{tag} {name}".strip(), logits_fn)
+                                  f"{tag} {name}".strip(), logits_fn, max_length)
     return out

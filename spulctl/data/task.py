@@ -66,12 +66,14 @@ class Encoded:
         answer_pos: index of the last prompt token (its logits predict the first target token).
         target_ids: the target word's tokens (label word, or a generic label for SPUL forget rows).
         label: index of the true label word in ``TaskSpec.label_words``.
+        truncated: the record's text was cut to fit ``max_length`` (:mod:`spulctl.data.truncate`).
     """
 
     input_ids: list[int]
     answer_pos: int
     target_ids: list[int]
     label: int
+    truncated: bool = False
 
 
 @dataclass
@@ -132,26 +134,28 @@ def encode(
     tokenizer: PreTrainedTokenizerBase,
     vocab: LabelVocab | None = None,
     targets: list[list[int]] | None = None,
-    max_length: int = 512,
+    max_length: int | None = None,
 ) -> list[Encoded]:
-    """Tokenise records into prompt + target examples.
+    """Tokenise records into prompt + target examples, long texts cut by the one policy of
+    :mod:`spulctl.data.truncate` (template and answer position kept; ``Encoded.truncated`` marks a cut text).
 
     Args:
         records: ``{"text", "label"}`` dicts (label = a label word).
         targets: per record, target token ids overriding the true label's (e.g. a generic label).
-        max_length: prompts are truncated from the left of the *text* so the question stays intact.
+        max_length: tokens per example, prompt + target (commands pass
+            :func:`~spulctl.data.truncate.resolve_max_length`; None: ``FALLBACK_MAX_LENGTH``).
 
     Raises:
-        DataError: a record's label is not one of the label words.
+        DataError: a record's label is not one of the label words, or ``max_length`` cannot hold the template.
     """
+    from spulctl.data.truncate import FALLBACK_MAX_LENGTH, fit_prompts
+
     if not records:
         return []
+    max_length = max_length or FALLBACK_MAX_LENGTH
     vocab = vocab or label_vocab(spec, tokenizer)
     labels = label_indices(records, spec)
-    prompts = tokenizer([spec.prompt(r["text"]) for r in records], add_special_tokens=False)["input_ids"]
-    out = []
-    for i, (ids, label) in enumerate(zip(prompts, labels, strict=True)):
-        tgt = targets[i] if targets is not None else vocab.label_ids[label]
-        ids = list(ids)[-(max_length - len(tgt)):]
-        out.append(Encoded(ids + list(tgt), len(ids) - 1, list(tgt), label))
-    return out
+    tgts = [list(targets[i]) if targets is not None else list(vocab.label_ids[lab]) for i, lab in enumerate(labels)]
+    prompts, cut = fit_prompts([r["text"] for r in records], spec, tokenizer, [max_length - len(t) for t in tgts])
+    return [Encoded(ids + tgt, len(ids) - 1, tgt, label, was_cut)
+            for ids, tgt, label, was_cut in zip(prompts, tgts, labels, cut, strict=True)]

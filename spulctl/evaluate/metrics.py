@@ -113,14 +113,24 @@ def summarize(pred: Predictions) -> dict[str, float]:
 
 
 def score_records(model: nn.Module, tok: Any, task: Any, vocab: LabelVocab, rows: list[dict], batch_size: int,
-                  emit: Callable[[dict], None], tag: str, logits_fn: Callable | None = None) -> dict[str, float]:
-    """Encode ``rows``, predict with progress events named ``tag``, and summarise (the loop every report uses)."""
-    from spulctl.data.task import encode
+                  emit: Callable[[dict], None], tag: str, logits_fn: Callable | None = None,
+                  max_length: int | None = None) -> dict[str, float]:
+    """Encode ``rows``, predict with progress events named ``tag``, and summarise (the loop every report uses).
 
-    examples = encode(rows, task, tok, vocab)
+    Args:
+        max_length: tokens per example (:func:`spulctl.data.truncate.resolve_max_length`); None: the model's
+            context window. The metrics' ``truncated`` is how many records were cut to fit.
+    """
+    from spulctl.data.task import encode
+    from spulctl.data.truncate import resolve_max_length, truncation_note
+
+    max_length = max_length or resolve_max_length(model.config)
+    examples = encode(rows, task, tok, vocab, max_length=max_length)
+    truncated = sum(e.truncated for e in examples)
+    truncation_note(emit, tag, truncated, len(examples), max_length)
     emit({"kind": "eval-start", "split": tag, "total": len(examples)})
     pred = predict(model, examples, vocab, tok.pad_token_id, batch_size, logits_fn=logits_fn,
                    on_batch=lambda n: emit({"kind": "eval-step", "split": tag, "n": n}))
-    metrics = summarize(pred)
+    metrics = {**summarize(pred), "truncated": truncated}
     emit({"kind": "eval-done", "split": tag, "metrics": metrics})
     return metrics

@@ -103,14 +103,22 @@ def auc_tpr(member: list[float], nonmember: list[float], fpr_at: float = 0.01) -
 
 def membership_inference(model: nn.Module, tok: Any, task: Any, records: dict[str, list[dict]],
                          prompt: torch.Tensor | None, emit: Callable[[dict], None], tag: str,
-                         kernels: str = "torch") -> dict[str, Any]:
-    """Both attacks on forget (train vs test) and, as a control, retain (train vs test) records."""
+                         kernels: str = "torch", max_length: int | None = None) -> dict[str, Any]:
+    """Both attacks on forget (train vs test) and, as a control, retain (train vs test) records.
+
+    Args:
+        max_length: tokens per example (texts cut by :mod:`spulctl.data.truncate`); None: the context window
+            minus the prompt's length.
+    """
     from spulctl.data.task import encode, label_vocab
+    from spulctl.data.truncate import resolve_max_length
+
+    max_length = max_length or resolve_max_length(model.config, 0 if prompt is None else int(prompt.shape[0]))
 
     vocab = label_vocab(task, tok)
     scores = {}
     for split, rows in records.items():
-        ex = encode(rows, task, tok, vocab)
+        ex = encode(rows, task, tok, vocab, max_length=max_length)
         name = f"{tag} mia {split}"
         emit({"kind": "eval-start", "split": name, "total": len(ex)})
         scores[split] = attack_scores(model, ex, tok.pad_token_id, prompt, kernels=kernels,

@@ -24,15 +24,18 @@ def _plt():
 
 
 def answer_states(model: nn.Module, tok: Any, task: Any, records: list[dict], prompt: torch.Tensor | None,
-                  batch_size: int = 32) -> Any:
-    """Last-layer hidden state at each record's answer position, (n, d) numpy."""
+                  batch_size: int = 32, max_length: int | None = None) -> Any:
+    """Last-layer hidden state at each record's answer position, (n, d) numpy (texts cut to ``max_length`` tokens
+    by :mod:`spulctl.data.truncate`; None: the context window minus the prompt's length)."""
     import numpy as np
     import torch
 
     from spulctl.data.task import encode, label_vocab
+    from spulctl.data.truncate import resolve_max_length
     from spulctl.step import bucketed_batches, collate, prompted_hidden
 
-    examples = encode(records, task, tok, label_vocab(task, tok))
+    max_length = max_length or resolve_max_length(model.config, 0 if prompt is None else int(prompt.shape[0]))
+    examples = encode(records, task, tok, label_vocab(task, tok), max_length=max_length)
     device = next(model.parameters()).device
     out = np.zeros((len(examples), model.config.hidden_size), dtype=np.float32)
     phi = None if prompt is None else prompt.to(device)
