@@ -1,9 +1,5 @@
 """``python -m spulctl``."""
 
-from spulctl._syspath import drop_checkout_root
+from spulctl.cli import main
 
-drop_checkout_root()
-
-from spulctl.cli import app  # noqa: E402
-
-app()
+main()

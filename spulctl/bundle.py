@@ -146,8 +146,8 @@ def compile_into_bundle(folder: str | Path, model: nn.Module, ignore_fingerprint
     """
     from safetensors.torch import save_file
 
-    from spulctl.export.onnx_export import compile_prefix
     from spulctl.models import fingerprint
+    from spulctl.step import compile_prefix
 
     bundle = load_bundle(folder)
     folder = Path(folder)

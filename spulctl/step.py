@@ -194,6 +194,19 @@ def prompt_prefix_cache(model: nn.Module, prefix: torch.Tensor, batch_size: int)
     return DynamicCache(ddp_cache_data=shared, config=body.config)
 
 
+def compile_prefix(model: nn.Module, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The soft prompt's per-layer (key, value), each (1, kv_heads, p, head_dim) fp32: constants of (model, prompt).
+
+    What a bundle stores as its compiled prefix and what an export feeds the graph as past keys/values.
+    """
+    import torch
+
+    with torch.inference_mode():
+        cache = prompt_prefix_cache(model, prompt.to(next(model.parameters()).dtype), 1)
+        return [(layer.keys.float().contiguous().clone(), layer.values.float().contiguous().clone())
+                for layer in cache.layers]
+
+
 def _states(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, opts: StepOptions,
             shared: int | None = None):
     """Run the body (with the prompt, if any); return final hidden states and the offset of ``batch``'s positions.

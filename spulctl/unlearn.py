@@ -88,6 +88,7 @@ class UnlearnConfig:
     report_before: bool = True
     kernels: str = "auto"
     dtype: str = "auto"
+    recipe: dict[str, Any] | None = None  # the --config recipe (path, sha256, content), copied into bundle.json
 
     def __post_init__(self) -> None:
         from spulctl.loss import LossWeights
@@ -225,6 +226,8 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
                      "evals": result.evals, "kept": "best" if cfg.keep == "best" else "last"},
         "metrics": {"before": before, "after": after},
     }
+    if cfg.recipe is not None:
+        meta["recipe"] = cfg.recipe
     with staged_dir(cfg.out, overwrite=True) as stage:
         if model_labelled is not None:  # what the model wrote / labelled itself: kept so users can inspect it
             stage.mkdir(parents=True, exist_ok=True)
@@ -270,7 +273,7 @@ def _holdout_evaluator(model, tok, task: TaskSpec, vocab, method, held_f: list[d
 
 def _settings(cfg: UnlearnConfig) -> dict[str, Any]:
     d = asdict(cfg)
-    for k in ("model", "out", "forget", "retain", "splits", "retain_from"):
+    for k in ("model", "out", "forget", "retain", "splits", "retain_from", "recipe"):
         d.pop(k)
     return json.loads(json.dumps(d, default=str))
 

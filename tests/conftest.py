@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from spulctl._syspath import drop_checkout_root
-
-drop_checkout_root()  # `python -m pytest` from the repository root: keep kernels/ from shadowing PyPI's `kernels`
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Triton kernels run under the CPU interpreter unless a run asks for compiled kernels (TRITON_INTERPRET=0 on a GPU);

@@ -1,4 +1,4 @@
-"""Package layout: lazy CLI import, kernels namespace, entry points."""
+"""Package layout: lazy CLI import, kernels namespace, entry points, version, the checkout root."""
 
 from __future__ import annotations
 
@@ -51,11 +51,24 @@ def test_every_command_has_working_help():
         assert "Usage" in result.output
 
 
-def test_repo_root_kernels_folder_refuses_the_top_level_name():
+def test_import_transformers_and_spulctl_in_the_checkout_root():
+    """The root's kernels/ folder, found by transformers' probe for PyPI `kernels`, reads as "not installed"."""
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True, text=True, cwd=root)
-    assert done.returncode != 0
-    assert "import it as spulctl.kernels" in done.stderr
+    code = ("import transformers, spulctl, spulctl.kernels\n"
+            "from transformers.utils import is_kernels_available\n"
+            "assert not is_kernels_available()\n"
+            "try:\n    from kernels import get_kernel\nexcept ImportError:\n    print('no hub kernels')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "no hub kernels"
+
+
+def test_version_flag_matches_the_package():
+    from spulctl import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"spulctl {__version__}"
 
 
 def test_python_dash_m_from_the_checkout_root_loads_models(tiny_model_dir: Path, demo_splits: Path):

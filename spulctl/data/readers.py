@@ -99,6 +99,11 @@ def find_split_file(folder: str | Path, split: str) -> Path:
     raise DataError(f"{folder}: no {split}.jsonl/.csv/.tsv/.parquet in the splits directory")
 
 
+def load_split(splits: str | Path, name: str, note: Note | None = None) -> list[dict]:
+    """Read one split (``train_forget`` ...) from a splits directory, whatever its file format."""
+    return read_records(find_split_file(splits, name), ReadOptions(), note)
+
+
 def _raw_rows(source: str | Path, opts: ReadOptions) -> tuple[Iterator[tuple[int, dict]], str]:
     path = Path(source)
     if path.is_dir():  # a local dataset folder goes through `datasets`, exactly like a hub name

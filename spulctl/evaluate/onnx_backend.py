@@ -40,14 +40,14 @@ class OnnxSubject:
 
     def __enter__(self) -> OnnxSubject:
         from spulctl.data.task import label_vocab
+        from spulctl.export.build import export_scorer
         from spulctl.export.runtime import OnnxPredictor
-        from spulctl.pipeline import run_export
 
         self._tmp = tempfile.TemporaryDirectory(prefix="spulctl-eval-onnx-")
         out = Path(self._tmp.name) / "onnx"
         self.emit({"kind": "note", "message": f"exporting {self.bundle or self.model} to ONNX Runtime for scoring"})
-        run_export(self.model, out, bundle=self.bundle, no_bundle=self.bundle is None,
-                   ignore_fingerprint=self.ignore_fingerprint, on_event=self.emit)
+        export_scorer(self.model, out, bundle=self.bundle, no_bundle=self.bundle is None,
+                      ignore_fingerprint=self.ignore_fingerprint, on_event=self.emit)
         self.predictor = OnnxPredictor(out, provider="auto", batch_size=self.batch_size, threads=self.threads)
         task = self.predictor.task
         for word, ids in zip(task.label_words, label_vocab(task, self.predictor.tokenizer).label_ids, strict=True):

@@ -73,10 +73,10 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
         subject -> split -> metrics, and (with ``mia``) subject -> membership-inference results.
     """
     from spulctl.bundle import check_fingerprint, load_bundle
+    from spulctl.data.readers import load_split
     from spulctl.data.task import TaskSpec, label_vocab
     from spulctl.evaluate.metrics import score_records
     from spulctl.evaluate.mia import membership_inference
-    from spulctl.familiarize import load_split
     from spulctl.loss import resolve_kernels
     from spulctl.models import load_model
     from spulctl.step import prompted_logits

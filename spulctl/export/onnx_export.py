@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from spulctl.errors import MissingDependencyError
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 OPSET = 17
@@ -36,18 +35,6 @@ DTYPES = ("float32", "float16")
 MODEL_FILE = "model.onnx"
 PREFIX_FILE = "prefix.safetensors"
 MANIFEST_FILE = "manifest.json"
-
-
-def compile_prefix(model: nn.Module, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-layer (key, value) of the soft prompt, each (1, kv_heads, p, head_dim) fp32."""
-    import torch
-
-    from spulctl.step import prompt_prefix_cache
-
-    with torch.inference_mode():
-        cache = prompt_prefix_cache(model, prompt.to(next(model.parameters()).dtype), 1)
-        return [(layer.keys.float().contiguous().clone(), layer.values.float().contiguous().clone())
-                for layer in cache.layers]
 
 
 def prefix_input_names(n_layers: int) -> list[str]:

@@ -159,12 +159,13 @@ class OnnxPredictor:
         return logp, top1
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Per text: ``label`` (label word, generic label, or None), ``top1`` token id, ``scores`` per label word."""
+        """Per text: ``label`` (label word, generic label, or None), ``answer`` (the top-1 token's text), ``top1`` (its
+        id), ``scores`` (log-probability of each label word's first token)."""
         logp, top1 = self.score_texts(texts)
         results = []
         for text, row, tok in zip(texts, logp, top1.tolist(), strict=True):
             label = (self.task.label_words[self.label_first.index(tok)] if tok in self.label_first
                      else self.generic_first.get(tok))
-            results.append({"text": text, "label": label, "top1": tok,
+            results.append({"text": text, "label": label, "answer": self.tokenizer.decode([tok]), "top1": tok,
                             "scores": {w: float(v) for w, v in zip(self.task.label_words, row, strict=True)}})
         return results

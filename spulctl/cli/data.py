@@ -1,0 +1,52 @@
+"""``spulctl split``: one labelled dataset into train/test × forget/retain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from spulctl.cli.common import OverwriteOpt, SeedOpt, TextFieldOpt, console, handle_errors
+
+
+@handle_errors
+def split(
+    data: Annotated[str, typer.Argument(help="Labelled dataset: .jsonl/.csv/.tsv/.parquet, a hub name, or 'demo'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output splits directory.")],
+    by: Annotated[str, typer.Option(help="entity | cluster | file")] = "entity",
+    entities: Annotated[str | None, typer.Option(help="People to forget, comma-separated.")] = None,
+    top_entities: Annotated[int | None, typer.Option(help="Forget the N most mentioned PERSON entities.")] = None,
+    min_entity_count: Annotated[int, typer.Option(help="Ignore NER candidates seen fewer times.")] = 3,
+    clusters: Annotated[int, typer.Option(help="k for --by cluster.")] = 20,
+    forget_fraction: Annotated[float, typer.Option(help="Train share to forget (--by cluster).")] = 0.05,
+    embedder: Annotated[str, typer.Option(help="'minilm' or a model spec (mean-pooled states).")] = "minilm",
+    forget: Annotated[Path | None, typer.Option(help="Records to forget (--by file).")] = None,
+    test_size: Annotated[float, typer.Option(help="Share held out as test.")] = 0.3,
+    tau: Annotated[float, typer.Option(help="Keep this fraction of train_forget (paper Table 3).")] = 1.0,
+    seed: SeedOpt = 0,
+    text_field: TextFieldOpt = None,
+    label_field: Annotated[str | None, typer.Option(help="Label column (auto-detected).")] = None,
+    label_map: Annotated[str | None, typer.Option(help="Label values to words, e.g. '0=negative,1=positive'.")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Split one labelled dataset into train/test × forget/retain (+ split.json explaining it)."""
+    from spulctl.pipeline import run_split
+    from spulctl.progress import RichEvents
+
+    with RichEvents(console) as events:
+        info = run_split(
+            data, out, by=by, entities=[e for e in (entities or "").split(",") if e.strip()],
+            top_entities=top_entities, min_entity_count=min_entity_count, clusters=clusters,
+            forget_fraction=forget_fraction, embedder=embedder, forget_file=forget, test_size=test_size,
+            tau=tau, seed=seed, text_field=text_field, label_field=label_field, label_map=label_map,
+            overwrite=overwrite, on_event=events)
+    table = Table("split", "records", "labels", title=f"splits written to {out}")
+    for name, n in info["counts"].items():
+        table.add_row(name, str(n), ", ".join(f"{k}: {v}" for k, v in sorted(info["label_counts"][name].items())))
+    console.print(table)
+    if info.get("entities"):
+        console.print("entities: " + ", ".join(f"{e} ({n})" for e, n in info["entities"].items()))
+    if info.get("dropped_cross_duplicates"):
+        console.print(f"dropped {info['dropped_cross_duplicates']} retain records whose text is also a forget text")

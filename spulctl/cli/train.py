@@ -1,0 +1,165 @@
+"""``spulctl familiarize`` and ``spulctl unlearn``: the training commands.
+
+Both build their library config with :func:`spulctl.cli.common.fill`: a parameter reaches the config field of the
+same name, so a new option is one parameter here plus one dataclass field in the library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from spulctl.cli.common import (
+    BatchSizeOpt,
+    CheckpointEveryOpt,
+    ConfigOpt,
+    DtypeOpt,
+    EpochsOpt,
+    KernelsOpt,
+    LrOpt,
+    MaxStepsOpt,
+    MicroBatchOpt,
+    ModelOpt,
+    OverwriteOpt,
+    ResumeOpt,
+    RetainLimitOpt,
+    SeedOpt,
+    check_positive,
+    console,
+    current_recipe,
+    fill,
+    handle_errors,
+)
+
+
+@handle_errors
+def familiarize(
+    splits: Annotated[Path, typer.Argument(help="Splits dir: train_forget, train_retain, optionally test_*.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model directory.")],
+    model: ModelOpt = "smollm2-135m",
+    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="QLoRA: NF4 base (bitsandbytes).")] = False,
+    retain_limit: Annotated[int | None, typer.Option(help="Random subset of train_retain of this size.")] = None,
+    epochs: EpochsOpt = 1,
+    lr: LrOpt = 2e-4,
+    batch_size: BatchSizeOpt = 16,
+    micro_batch: MicroBatchOpt = 0,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 64,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed for data order, init and dropout.")] = 0,
+    checkpoint_every: CheckpointEveryOpt = 100,
+    max_steps: MaxStepsOpt = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Test records per split scored at the end (0: skip).")] = 1000,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Fit LoRA/QLoRA on train_forget ∪ train_retain (loss on the label word), merge and save."""
+    values = dict(locals())
+    from spulctl.familiarize import FamiliarizeConfig, LoraSettings
+    from spulctl.familiarize import familiarize as run
+    from spulctl.progress import RichEvents
+    from spulctl.train import TrainConfig
+
+    check_positive(epochs=epochs, batch_size=batch_size, retain_limit=retain_limit, max_steps=max_steps)
+    cfg = fill(FamiliarizeConfig, values, lora=LoraSettings(lora_r, lora_alpha, lora_dropout),
+               train=fill(TrainConfig, values, max_grad_norm=1.0, weight_decay=0.0), recipe=current_recipe())
+    with RichEvents(console) as events:
+        manifest = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
+    print_metrics(manifest["metrics"], f"familiarized model saved to {out}")
+
+
+@handle_errors
+def unlearn(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output bundle (spul) or model directory (baselines).")],
+    model: ModelOpt = "smollm2-135m",
+    forget: Annotated[Path | None, typer.Option(help="Records to forget.")] = None,
+    retain: Annotated[Path | None, typer.Option(help="Labelled records to keep answering as before.")] = None,
+    splits: Annotated[Path | None, typer.Option(help="Splits dir: train_forget/train_retain (+test_* report).")] = None,
+    retain_from: Annotated[Path | None, typer.Option(help="Unlabelled retain texts; the model labels them.")] = None,
+    self_generate: Annotated[int, typer.Option(help="Without retain data: texts the model writes itself.")] = 256,
+    method: Annotated[str, typer.Option(help="spul | ga | rl | ga_kl | ga_gd")] = "spul",
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", help="Soft prompt length p.")] = 30,
+    prompt_encoder: Annotated[str, typer.Option(help="none (prompt tuning) | mlp (P-tuning).")] = "mlp",
+    prompt_init: Annotated[str, typer.Option(help="random | vocab | text | entities (names from split.json).")]
+    = "vocab",
+    prompt_text: Annotated[str | None, typer.Option(help="Text for --prompt-init text.")] = None,
+    alpha: Annotated[float, typer.Option(help="Weight of the retain CE, α.")] = 1.0,
+    beta: Annotated[float, typer.Option(help="Weight of the retain KL, β.")] = 1.0,
+    kl_direction: Annotated[str, typer.Option(help="forward = KL(r‖q) | reverse = KL(q‖r).")] = "forward",
+    generic_labels: Annotated[str, typer.Option(help="Forget targets, comma-separated.")] = "neutral,unknown",
+    epochs: EpochsOpt = 10,
+    lr: LrOpt = 1e-4,
+    batch_size: BatchSizeOpt = 16,
+    micro_batch: MicroBatchOpt = 0,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = 0.3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.001,
+    warmup_ratio: Annotated[float, typer.Option(help="Share of steps with linear warmup.")] = 0.1,
+    seed: SeedOpt = 0,
+    retain_limit: RetainLimitOpt = None,
+    full: Annotated[bool, typer.Option("--full", help="Baselines: full fine-tuning instead of LoRA.")] = False,
+    no_answer_only: Annotated[bool, typer.Option("--no-answer-only", help="Build full logits (slow).")] = False,
+    no_shared_prefix: Annotated[bool, typer.Option("--no-shared-prefix", help="Concatenate the prompt.")] = False,
+    no_cached_reference: Annotated[bool, typer.Option("--no-cached-reference",
+                                                      help="Second forward for r each step.")] = False,
+    no_cuda_graphs: Annotated[bool, typer.Option("--no-cuda-graphs",
+                                                 help="CUDA: run SPUL's step eagerly, not from CUDA graphs.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (also each epoch).")] = 100,
+    max_steps: MaxStepsOpt = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Test records per split in the report (0: none).")] = 1000,
+    eval_every: Annotated[int, typer.Option(help="Score held-out forget/retain slices every N epochs.")] = 0,
+    keep: Annotated[str, typer.Option(help="last | best (by retain acc - forget acc; needs --eval-every).")] = "last",
+    tau: Annotated[float, typer.Option(help="Train on this fraction of the forget set.")] = 1.0,
+    report_before: Annotated[bool, typer.Option(help="Also score the model without the artifact.")] = True,
+    kernels: KernelsOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Unlearn the forget set: SPUL soft prompt (default) or a fine-tuning baseline."""
+    values = dict(locals())
+    from spulctl.familiarize import LoraSettings
+    from spulctl.progress import RichEvents
+    from spulctl.train import TrainConfig
+    from spulctl.unlearn import UnlearnConfig
+    from spulctl.unlearn import unlearn as run
+
+    check_positive(epochs=epochs, batch_size=batch_size, retain_limit=retain_limit, max_steps=max_steps)
+    cfg = fill(
+        UnlearnConfig, values, train=fill(TrainConfig, values), lora=LoraSettings(),
+        generic_labels=tuple(g.strip() for g in generic_labels.split(",") if g.strip()),
+        answer_only=not no_answer_only, shared_prefix=not no_shared_prefix, cached_reference=not no_cached_reference,
+        cuda_graphs=not no_cuda_graphs, recipe=current_recipe(),
+    )
+    with RichEvents(console) as events:
+        meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
+    print_before_after(meta["metrics"], f"{method}: saved to {out}")
+
+
+def print_before_after(metrics: dict[str, dict], title: str) -> None:
+    """Per test split: accuracy before and after the artifact, restricted and generic shares after."""
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    if not after:
+        console.print(title)
+        return
+    table = Table("split", "n", "acc before %", "acc after %", "Δ", "restricted after %", "generic after %",
+                  title=title)
+    for split, m in after.items():
+        b = before.get(split, {}).get("accuracy")
+        table.add_row(split, str(m["n"]), "–" if b is None else f"{b:.1f}", f"{m['accuracy']:.1f}",
+                      "–" if b is None else f"{m['accuracy'] - b:+.1f}", f"{m['restricted_accuracy']:.1f}",
+                      f"{m['generic_share']:.1f}")
+    console.print(table)
+
+
+def print_metrics(metrics: dict[str, dict], title: str) -> None:
+    """Per split: accuracy, weighted F1, restricted accuracy, generic share."""
+    table = Table("split", "n", "accuracy %", "F1 %", "restricted %", "generic %", title=title)
+    for split, m in metrics.items():
+        table.add_row(split, str(m.get("n", 0)), f"{m.get('accuracy', 0):.1f}", f"{m.get('f1_weighted', 0):.1f}",
+                      f"{m.get('restricted_accuracy', 0):.1f}", f"{m.get('generic_share', 0):.1f}")
+    console.print(table)
