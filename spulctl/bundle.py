@@ -212,6 +212,8 @@ class PromptedClassifier:
         bundle: a loaded :class:`Bundle` (or a path).
         tokenizer: the model's tokenizer.
         ignore_fingerprint: allow another model (at your own risk).
+        max_length: tokens per text after the prompt (longer texts are cut by :mod:`spulctl.data.truncate`); None:
+            the model's context window minus the prompt's p tokens.
 
     Example:
         >>> clf = PromptedClassifier(model, load_bundle("bundle/"), tokenizer)
@@ -219,14 +221,16 @@ class PromptedClassifier:
     """
 
     def __init__(self, model: nn.Module, bundle: Bundle | str | Path, tokenizer: Any,
-                 ignore_fingerprint: bool = False, batch_size: int = 32) -> None:
+                 ignore_fingerprint: bool = False, batch_size: int = 32, max_length: int | None = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         check_fingerprint(self.bundle, model, ignore_fingerprint)
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
         self.task = self.bundle.task()
         from spulctl.data.task import label_vocab
+        from spulctl.data.truncate import resolve_max_length
 
         self.vocab = label_vocab(self.task, tokenizer)
+        self.max_length = resolve_max_length(model.config, int(self.bundle.prompt.shape[0]), max_length)
         self.device = next(model.parameters()).device
         self.prompt = self.bundle.prompt.to(self.device)
 
@@ -235,7 +239,8 @@ class PromptedClassifier:
 
         Returns:
             Per text: ``label`` (a label word, a generic label, or ``None`` for any other answer), ``answer``
-            (the decoded top-1 token), ``scores`` (log-probabilities of the label words' first tokens).
+            (the decoded top-1 token), ``scores`` (log-probabilities of the label words' first tokens),
+            ``truncated`` (the text was cut to fit ``max_length``).
         """
         import torch
 
@@ -244,7 +249,7 @@ class PromptedClassifier:
 
         words = self.task.label_words
         records = [{"text": t, "label": words[0]} for t in texts]
-        examples = encode(records, self.task, self.tokenizer, self.vocab)
+        examples = encode(records, self.task, self.tokenizer, self.vocab, max_length=self.max_length)
         out: list[dict[str, Any]] = [{} for _ in texts]
         first = self.vocab.first_label_ids
         generic = {g[0]: w for g, w in zip(self.vocab.generic_ids, self.task.generic_labels, strict=True)}
@@ -256,5 +261,6 @@ class PromptedClassifier:
                 for row, i in enumerate(idx):
                     label = words[first.index(top[row])] if top[row] in first else generic.get(top[row])
                     out[i] = {"text": texts[i], "label": label, "answer": self.tokenizer.decode([top[row]]),
-                              "scores": {w: float(logp[row, t]) for w, t in zip(words, first, strict=True)}}
+                              "scores": {w: float(logp[row, t]) for w, t in zip(words, first, strict=True)},
+                              "truncated": examples[i].truncated}
         return out

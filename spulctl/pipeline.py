@@ -51,10 +51,14 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
              gates: dict[str, float | None] | None = None, junit: Path | None = None, overwrite: bool = False,
              ignore_fingerprint: bool = False, mia: bool = False, plots: Path | None = None,
              robustness: bool = False, kernels: str = "auto", dtype: str = "auto", backend: str = "torch",
-             on_event: Event | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+             on_event: Event | None = None, max_length: int | None = None,
+             recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """``spulctl eval``: score the model (and bundle, and comparisons), check gates, write the report.
 
     ``recipe`` (the ``--config`` file's path, sha256 and content) is copied into the report.
+
+    ``max_length`` bounds every example (:mod:`spulctl.data.truncate`; None: each subject's context window minus its
+    prompt); the report's per-split metrics count the records cut (``truncated``).
 
     Returns:
         The report dict; ``report["gates"]`` lists each gate with ``passed``.
@@ -85,7 +89,7 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
     gates = dict(gates or {})
     mia = mia or gates.get("max_mia_auc") is not None
     results, mia_results = evaluate_subjects(subjects, splits, limit, batch_size, emit, ignore_fingerprint, mia,
-                                             robustness, kernels, dtype, backend)
+                                             robustness, kernels, dtype, backend, max_length)
     primary = "bundle" if bundle is not None else "model"
     checked = check_gates(results[primary], results["model"], mia=mia_results.get(primary), **gates)
     report = build_report(results, "model", subjects, splits, limit, checked, mia_results)
@@ -93,6 +97,11 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
     report["backend"] = backend
     if recipe is not None:
         report["recipe"] = recipe
+    from spulctl.data.truncate import POLICY
+
+    report["truncation"] = {"max_length": max_length or "context window minus p", "policy": POLICY,
+                            "truncated": {name: {s: m.get("truncated", 0) for s, m in per.items()}
+                                          for name, per in results.items()}}
     extra: dict[str, Path] = {}
     if plots is not None:
         inside = out is not None and plots.resolve().is_relative_to(out.resolve())
@@ -100,12 +109,13 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
             import tempfile
 
             scratch = Path(tempfile.mkdtemp(prefix="spulctl-plots-"))
-            made = _eval_plots(model, bundle, splits, results, scratch, limit)
+            made = _eval_plots(model, bundle, splits, results, scratch, limit, max_length)
             rel = plots.resolve().relative_to(out.resolve())
             extra = {str(rel / p.name): p for p in made}
             report["plots"] = [str(plots / p.name) for p in made]
         else:
-            report["plots"] = [str(p) for p in _eval_plots(model, bundle, splits, results, plots, limit)]
+            report["plots"] = [str(p) for p in _eval_plots(model, bundle, splits, results, plots, limit,
+                                                           max_length)]
     if out is not None:
         write_report(report, out, overwrite, extra)
     if junit is not None:
@@ -114,7 +124,7 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
 
 
 def _eval_plots(model: str, bundle: Path | None, splits: Path, results: dict, folder: Path,
-                limit: int | None) -> list[Path]:
+                limit: int | None, max_length: int | None = None) -> list[Path]:
     """Trade-off scatter of all subjects; t-SNE of answer states before/after the bundle on test records."""
     import random
 
@@ -134,21 +144,45 @@ def _eval_plots(model: str, bundle: Path | None, splits: Path, results: dict, fo
         rows += picked
         kinds += [kind] * len(picked)
     m, tok = load_model(model)
-    task, states = TaskSpec(), {"model": answer_states(m, tok, TaskSpec(), rows, None)}
+    task, states = TaskSpec(), {"model": answer_states(m, tok, TaskSpec(), rows, None, max_length=max_length)}
     if bundle is not None:
         b = load_bundle(bundle)
         task = b.task()
-        states = {"before (model)": states["model"], "after (model + bundle)": answer_states(m, tok, task, rows,
-                                                                                            b.prompt)}
+        states = {"before (model)": states["model"],
+                  "after (model + bundle)": answer_states(m, tok, task, rows, b.prompt, max_length=max_length)}
     made.append(tsne_plot(states, kinds, [r["label"] for r in rows], folder / "tsne.png"))
     return made
 
 
 def run_export(model: str, out: Path, *, bundle: Path | None = None, no_bundle: bool = False,
                ignore_fingerprint: bool = False, overwrite: bool = False, prefix_mode: str = "baked",
-               dtype: str = "float32", on_event: Event | None = None) -> dict[str, Any]:
+               dtype: str = "float32", on_event: Event | None = None,
+               max_length: int | None = None) -> dict[str, Any]:
     """``spulctl export``: see :func:`spulctl.export.build.export_scorer`; returns the export's manifest."""
     from spulctl.export.build import export_scorer
 
     return export_scorer(model, out, bundle=bundle, no_bundle=no_bundle, ignore_fingerprint=ignore_fingerprint,
-                         overwrite=overwrite, prefix_mode=prefix_mode, dtype=dtype, on_event=on_event)
+                         overwrite=overwrite, prefix_mode=prefix_mode, dtype=dtype, on_event=on_event,
+                         max_length=max_length)
+
+
+def run_export_peft(model: str, out: Path, *, bundle: Path | None = None, ignore_fingerprint: bool = False,
+                    overwrite: bool = False, on_event: Event | None = None,
+                    max_length: int | None = None) -> dict[str, Any]:
+    """``spulctl export --format peft``: see :func:`spulctl.export.peft_adapter.export_peft_adapter`."""
+    from spulctl.export.peft_adapter import export_peft_adapter
+
+    return export_peft_adapter(model, out, bundle=bundle, ignore_fingerprint=ignore_fingerprint, overwrite=overwrite,
+                               on_event=on_event, max_length=max_length)
+
+
+def run_bundle_import_peft(adapter: Path, model: str, out: Path, *, overwrite: bool = False,
+                           on_event: Event | None = None) -> dict[str, Any]:
+    """``spulctl bundle import-peft``: a PEFT prompt-tuning adapter -> a verified prompt bundle for ``model``."""
+    from spulctl.bundle_peft import import_peft_adapter
+    from spulctl.io import check_output_dir
+    from spulctl.models import load_model
+
+    check_output_dir(out, overwrite)
+    m, _ = load_model(model, device="cpu", dtype="float32")
+    return import_peft_adapter(adapter, m, model, out, overwrite=overwrite, on_event=on_event)

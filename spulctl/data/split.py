@@ -26,6 +26,11 @@ from spulctl.errors import DataError, MissingDependencyError, SpulError
 
 Event = Callable[[dict[str, Any]], None]
 METHODS = ("entity", "cluster", "file")
+# Long records: spaCy refuses texts over 1,000,000 characters and needs ~1 GB per 100,000, so NER reads each text's
+# first NER_CHARS characters (entity matching still scans the whole text); the embedders keep 256 tokens anyway, so
+# they are handed the first EMBED_CHARS characters (16 per token, as spulctl.data.truncate bounds its pre-cut).
+NER_CHARS = 100_000
+EMBED_CHARS = 256 * 16
 
 
 @dataclass
@@ -173,9 +178,15 @@ def entity_pattern(entities: list[str]) -> re.Pattern[str]:
 
 
 def find_person_entities(texts: list[str], emit: Event, batch_size: int = 256) -> Counter[str]:
-    """Count PERSON mentions (lower-cased, possessive stripped) per record with spaCy's en_core_web_sm."""
+    """Count PERSON mentions (lower-cased, possessive stripped) per record with spaCy's en_core_web_sm, in the
+    first ``NER_CHARS`` characters of each text."""
     nlp = _load_spacy()
     counts: Counter[str] = Counter()
+    long = sum(len(t) > NER_CHARS for t in texts)
+    if long:
+        emit({"kind": "note", "message": f"NER: {long} records longer than {NER_CHARS:,} characters are read up to "
+                                         "there (entity matching still covers the whole text)"})
+    texts = [t[:NER_CHARS] for t in texts]
     emit({"kind": "ner-start", "total": len(texts)})
     for doc in nlp.pipe(texts, batch_size=batch_size):
         names = {_norm_entity(e.text) for e in doc.ents if e.label_ == "PERSON"}
@@ -210,6 +221,7 @@ def _entity_masks(train: list[dict], test: list[dict], cfg: SplitConfig, emit: E
         candidates = [(e, c) for e, c in counts.most_common() if c >= cfg.min_entity_count]
         entities = [e for e, _ in candidates[: cfg.top_entities]]
         detail["ner_candidates"] = dict(candidates[: max(50, cfg.top_entities or 0)])
+        detail["ner_truncated_records"] = sum(len(r["text"]) > NER_CHARS for r in train)
         if not entities:
             raise DataError(f"split: spaCy found no PERSON mentioned >= {cfg.min_entity_count} times")
     pattern = entity_pattern(entities)
@@ -229,6 +241,7 @@ def embed_texts(texts: list[str], embedder: str, emit: Event, batch_size: int = 
     import numpy as np
 
     emit({"kind": "embed-start", "total": len(texts)})
+    texts = [t[:EMBED_CHARS] for t in texts]  # both embedders keep 256 tokens: never tokenise a huge text whole
     if embedder == "minilm":
         vecs = _embed_minilm(texts, emit, batch_size)
     else:

@@ -29,11 +29,14 @@ class OnnxSubject:
         batch_size: texts per ONNX Runtime run.
         emit: progress/note events.
         threads: ONNX Runtime intra-op threads (None: its default).
+        max_length: tokens per text after the prompt, as ``spulctl export --max-length`` (None: the context window
+            minus the prompt).
     """
 
     def __init__(self, model: str, bundle: Path | None, batch_size: int, emit: Callable[[dict], None],
-                 ignore_fingerprint: bool = False, threads: int | None = None) -> None:
+                 ignore_fingerprint: bool = False, threads: int | None = None, max_length: int | None = None) -> None:
         self.model, self.bundle, self.batch_size, self.emit, self.threads = model, bundle, batch_size, emit, threads
+        self.max_length = max_length
         self.ignore_fingerprint = ignore_fingerprint
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.predictor: Any = None
@@ -47,7 +50,7 @@ class OnnxSubject:
         out = Path(self._tmp.name) / "onnx"
         self.emit({"kind": "note", "message": f"exporting {self.bundle or self.model} to ONNX Runtime for scoring"})
         export_scorer(self.model, out, bundle=self.bundle, no_bundle=self.bundle is None,
-                      ignore_fingerprint=self.ignore_fingerprint, on_event=self.emit)
+                   ignore_fingerprint=self.ignore_fingerprint, on_event=self.emit, max_length=self.max_length)
         self.predictor = OnnxPredictor(out, provider="auto", batch_size=self.batch_size, threads=self.threads)
         task = self.predictor.task
         for word, ids in zip(task.label_words, label_vocab(task, self.predictor.tokenizer).label_ids, strict=True):
@@ -64,10 +67,14 @@ class OnnxSubject:
 
     def score(self, rows: list[dict], tag: str) -> dict[str, float]:
         """Metrics of :func:`spulctl.evaluate.metrics.summarize` for ``rows`` (``{"text", "label"}`` records)."""
+        from spulctl.data.truncate import truncation_note
         from spulctl.evaluate.metrics import summarize
 
         self.emit({"kind": "eval-start", "split": tag, "total": len(rows)})
-        metrics = summarize(self.predictions(rows, lambda n: self.emit({"kind": "eval-step", "split": tag, "n": n})))
+        pred = self.predictions(rows, lambda n: self.emit({"kind": "eval-step", "split": tag, "n": n}))
+        truncated = sum(self.predictor.last_truncated)
+        truncation_note(self.emit, tag, truncated, len(rows), self.predictor.max_length)
+        metrics = {**summarize(pred), "truncated": truncated}
         self.emit({"kind": "eval-done", "split": tag, "metrics": metrics})
         return metrics
 

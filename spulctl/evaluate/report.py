@@ -60,14 +60,17 @@ Results = dict[str, dict[str, dict]]
 def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, batch_size: int, emit: Event,
                       ignore_fingerprint: bool = False, mia: bool = False,
                       robustness: bool = False, kernels: str = "auto",
-                      dtype: str = "auto", backend: str = "torch") -> tuple[Results, dict[str, dict]]:
+                      dtype: str = "auto", backend: str = "torch",
+                      max_length: int | None = None) -> tuple[Results, dict[str, dict]]:
     """Score every subject on every split present (and, with ``robustness``, on rewritten forget queries,
     stored as ``probe:<name>`` entries).
 
     ``kernels`` (``auto|triton|torch``) picks how the membership-inference attacks score every token position:
     the fused Triton head (forward only, logits never materialised) or chunked torch logits. ``backend``
     ``onnx`` scores the splits (and probes) through each subject's ONNX Runtime export instead of torch
-    (:mod:`spulctl.evaluate.onnx_backend`); membership inference still runs in torch.
+    (:mod:`spulctl.evaluate.onnx_backend`); membership inference still runs in torch. ``max_length`` bounds every
+    example (:mod:`spulctl.data.truncate`; None: each subject's context window minus its prompt); each split's
+    metrics count the records cut (``truncated``).
 
     Returns:
         subject -> split -> metrics, and (with ``mia``) subject -> membership-inference results.
@@ -75,6 +78,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     from spulctl.bundle import check_fingerprint, load_bundle
     from spulctl.data.readers import load_split
     from spulctl.data.task import TaskSpec, label_vocab
+    from spulctl.data.truncate import resolve_max_length
     from spulctl.evaluate.metrics import score_records
     from spulctl.evaluate.mia import membership_inference
     from spulctl.loss import resolve_kernels
@@ -105,7 +109,8 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
         if backend == "onnx":
             from spulctl.evaluate.onnx_backend import OnnxSubject
 
-            with OnnxSubject(subj.model, subj.bundle, batch_size, emit, ignore_fingerprint) as onnx:
+            with OnnxSubject(subj.model, subj.bundle, batch_size, emit, ignore_fingerprint,
+                             max_length=max_length) as onnx:
                 results[subj.name] = _score_all(onnx.score, subj.name, records, probes)
             if not mia:
                 continue
@@ -122,13 +127,16 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
             phi = bundle.prompt.to(next(model.parameters()).device)
             scorer = lambda m, b, phi=phi: prompted_logits(m, b, phi)  # noqa: E731
         vocab = label_vocab(task, tok)
+        limit_len = resolve_max_length(model.config, 0 if phi is None else int(phi.shape[0]), max_length)
         if backend == "torch":
-            def score(rows: list[dict], tag: str, m=model, t=tok, task=task, vocab=vocab, fn=scorer) -> dict:
-                return score_records(m, t, task, vocab, rows, batch_size, emit, tag, fn)
+            def score(rows: list[dict], tag: str, m=model, t=tok, task=task, vocab=vocab, fn=scorer,
+                      ml=limit_len) -> dict:
+                return score_records(m, t, task, vocab, rows, batch_size, emit, tag, fn, ml)
 
             results[subj.name] = _score_all(score, subj.name, records, probes)
         if mia:
-            mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name, which)
+            mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name, which,
+                                                          limit_len)
     return results, mia_results
 
 

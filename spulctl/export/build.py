@@ -15,8 +15,11 @@ Event = Callable[[dict[str, Any]], None]
 
 def export_scorer(model: str, out: Path, *, bundle: Path | None = None, no_bundle: bool = False,
                ignore_fingerprint: bool = False, overwrite: bool = False, prefix_mode: str = "baked",
-               dtype: str = "float32", on_event: Event | None = None) -> dict[str, Any]:
+               dtype: str = "float32", on_event: Event | None = None, max_length: int | None = None) -> dict[str, Any]:
     """Compiled prefix + ONNX scorer + tokenizer + manifest in ``out``, checked on ONNX Runtime.
+
+    ``max_length`` (default: the model's context window minus the prompt's p) is stored in the manifest: the
+    predictor cuts longer texts to it (:mod:`spulctl.data.truncate`).
 
     The check runs the exported graph on ONNX Runtime against the fp32 torch classifier on two sentences before the
     directory is published: CPU for fp32; CUDA for fp16 (fp16 graphs are for the CUDA execution provider; where
@@ -65,9 +68,13 @@ def export_scorer(model: str, out: Path, *, bundle: Path | None = None, no_bundl
             emit({"kind": "note", "message": "compiling the soft prompt into its per-layer KV prefix"})
             prefix = compile_prefix(m, b.prompt)
     vocab = label_vocab(task, tok)
+    from spulctl.data.truncate import POLICY, context_window, resolve_max_length
+
+    p = 0 if b is None else int(b.prompt.shape[0])
+    limit_len = resolve_max_length(m.config, p, max_length)
     texts = ["A fine film.", "The plot is a mess and the acting is worse."]
     if b is not None:  # fp32 torch reference, before the model is cast for an fp16 export
-        ref = PromptedClassifier(m, b, tok, ignore_fingerprint=True).predict(texts)
+        ref = PromptedClassifier(m, b, tok, ignore_fingerprint=True, max_length=limit_len).predict(texts)
     else:
         ref = _unprompted_scores(m, tok, task, texts, prompted_logits)
     ids = [tok(task.prompt(t), add_special_tokens=False)["input_ids"] for t in texts]
@@ -97,6 +104,7 @@ def export_scorer(model: str, out: Path, *, bundle: Path | None = None, no_bundl
             "prefix": None if prefix is None else prefix_mode, "bundle": bundle_meta,
             "base_model": {"spec": model, "fingerprint": base_fp}, "task": task.to_dict(),
             "label_first_ids": vocab.first_label_ids, "generic_first_ids": [g[0] for g in vocab.generic_ids],
+            "max_length": limit_len, "context_window": context_window(m.config), "truncation_policy": POLICY,
             "files": files,
         }
         write_json_atomic(stage / MANIFEST_FILE, manifest)

@@ -52,10 +52,15 @@ class OnnxPredictor:
         provider: ``auto`` (CUDA if onnxruntime has it, else CPU), ``cuda`` or ``cpu``.
         batch_size: texts per run.
         threads: ONNX Runtime's intra-op threads (None: its default, one per physical core).
+        max_length: tokens per text after the prompt (texts cut by :mod:`spulctl.data.truncate`); None: the
+            export's ``max_length`` (its base model's context window minus p by default).
+
+    Attributes:
+        truncated: how many texts this predictor has cut so far.
     """
 
     def __init__(self, folder: str | Path, provider: str = "auto", batch_size: int = 32,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, max_length: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -88,6 +93,25 @@ class OnnxPredictor:
         self.batch_size = batch_size
         self.label_first = self.manifest["label_first_ids"]
         self.generic_first = dict(zip(self.manifest["generic_first_ids"], self.task.generic_labels, strict=True))
+        self.max_length = self._max_length(max_length)
+        from spulctl.data.task import label_vocab
+
+        # room for the first label word's tokens, as the torch classifier leaves (same cut, same prediction)
+        self.answer_room = len(label_vocab(self.task, self.tokenizer).label_ids[0])
+        self.truncated = 0
+        self.last_truncated: list[bool] = []
+
+    def _max_length(self, requested: int | None) -> int:
+        """``requested`` checked against the export's context window, else the export's own bound."""
+        from spulctl.data.truncate import FALLBACK_MAX_LENGTH
+
+        window, p = self.manifest.get("context_window"), int((self.manifest.get("bundle") or {}).get("p") or 0)
+        if requested is None:
+            return int(self.manifest.get("max_length") or FALLBACK_MAX_LENGTH)
+        if requested < 1 or (window is not None and requested + p > window):
+            raise ExportError(f"--max-length {requested}: must be between 1 and {window - p if window else '∞'} "
+                              f"(context window {window} minus the prompt's {p} tokens)")
+        return requested
 
     def _bound_prefix(self, ort: Any) -> dict[str, Any]:
         """The prefix keys/values as OrtValues on the provider's device, keyed by graph input name."""
@@ -126,10 +150,15 @@ class OnnxPredictor:
         return logp, top1
 
     def feed(self, texts: list[str]) -> dict[str, Any]:
-        """Graph inputs for ``texts`` (template applied, right-padded): (b, t) ids and mask, (b,) answer_pos."""
+        """Graph inputs for ``texts`` (template applied, long texts cut to ``max_length``, right-padded): (b, t) ids
+        and mask, (b,) answer_pos. ``last_truncated`` says which texts were cut."""
         import numpy as np
 
-        ids = self.tokenizer([self.task.prompt(t) for t in texts], add_special_tokens=False)["input_ids"]
+        from spulctl.data.truncate import fit_prompts
+
+        budget = self.max_length - self.answer_room
+        ids, self.last_truncated = fit_prompts(texts, self.task, self.tokenizer, [budget] * len(texts))
+        self.truncated += sum(self.last_truncated)
         t = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         input_ids = np.full((len(ids), t), pad, dtype=np.int64)
@@ -141,7 +170,8 @@ class OnnxPredictor:
                 "answer_pos": np.array([len(x) - 1 for x in ids], dtype=np.int64)}
 
     def score_texts(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> tuple[Any, Any]:
-        """Every text through the graph in length-sorted batches; outputs back in input order.
+        """Every text through the graph in length-sorted batches; outputs back in input order (``last_truncated``
+        then flags each text that was cut).
 
         Returns:
             ``(label_logprobs, top1)``: (n, L) fp32 and (n,) int64 numpy arrays.
@@ -151,11 +181,15 @@ class OnnxPredictor:
         n = len(texts)
         logp, top1 = np.zeros((n, len(self.label_first)), dtype=np.float32), np.zeros(n, dtype=np.int64)
         order = sorted(range(n), key=lambda i: len(texts[i]))  # similar lengths batch together
+        cut = [False] * n
         for s in range(0, n, self.batch_size):
             idx = order[s:s + self.batch_size]
             logp[idx], top1[idx] = self.run(self.feed([texts[i] for i in idx]))
+            for i, flag in zip(idx, self.last_truncated, strict=True):
+                cut[i] = flag
             if on_batch:
                 on_batch(len(idx))
+        self.last_truncated = cut
         return logp, top1
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
@@ -163,9 +197,10 @@ class OnnxPredictor:
         id), ``scores`` (log-probability of each label word's first token)."""
         logp, top1 = self.score_texts(texts)
         results = []
-        for text, row, tok in zip(texts, logp, top1.tolist(), strict=True):
+        for text, row, tok, cut in zip(texts, logp, top1.tolist(), self.last_truncated, strict=True):
             label = (self.task.label_words[self.label_first.index(tok)] if tok in self.label_first
                      else self.generic_first.get(tok))
             results.append({"text": text, "label": label, "answer": self.tokenizer.decode([tok]), "top1": tok,
-                            "scores": {w: float(v) for w, v in zip(self.task.label_words, row, strict=True)}})
+                            "scores": {w: float(v) for w, v in zip(self.task.label_words, row, strict=True)},
+                            "truncated": cut})
         return results
