@@ -52,6 +52,8 @@ class UnlearnConfig:
         tau: train on this seeded fraction of the forget set (paper Table 3).
         eval_every: every this many epochs, score held-out slices (``holdout`` of forget and of retain, taken out
             of training); ``keep="best"`` ends with the best epoch by score = retain accuracy − forget accuracy.
+        max_length: tokens per example; longer texts are cut (:mod:`spulctl.data.truncate`). None: the model's
+            context window minus p for a prompt bundle.
     """
 
     model: str
@@ -88,6 +90,7 @@ class UnlearnConfig:
     report_before: bool = True
     kernels: str = "auto"
     dtype: str = "auto"
+    max_length: int | None = None
     recipe: dict[str, Any] | None = None  # the --config recipe (path, sha256, content), copied into bundle.json
 
     def __post_init__(self) -> None:
@@ -150,7 +153,8 @@ def load_inputs(cfg: UnlearnConfig, note: Callable[[str], None]) -> tuple[list[d
     return forget, retain, hashes
 
 
-def _retain_without_labels(cfg: UnlearnConfig, model, tok, task: TaskSpec, forget: list[dict], emit: Event):
+def _retain_without_labels(cfg: UnlearnConfig, model, tok, task: TaskSpec, forget: list[dict], emit: Event,
+                           max_length: int | None = None):
     from spulctl.data.selfgen import generate_texts, pseudo_label
 
     note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
@@ -165,7 +169,7 @@ def _retain_without_labels(cfg: UnlearnConfig, model, tok, task: TaskSpec, forge
     if not texts:
         raise DataError(f"{cfg.retain_from}: no retain texts left after removing forget texts")
     note(f"retain set: {source}")
-    return pseudo_label(model, tok, task, texts, cfg.eval_batch_size, emit), source
+    return pseudo_label(model, tok, task, texts, cfg.eval_batch_size, emit, max_length), source
 
 
 def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_event: Event | None = None) -> dict:
@@ -173,6 +177,7 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     import torch
 
     from spulctl.data.task import encode, label_vocab
+    from spulctl.data.truncate import POLICY, resolve_max_length, truncation_note
     from spulctl.methods import get_method
     from spulctl.methods.base import UnlearnContext
     from spulctl.models import fingerprint, load_model
@@ -191,9 +196,11 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     model.eval()
     base_fp = fingerprint(model)
     vocab = label_vocab(task, tok)
+    max_length = resolve_max_length(model.config, cfg.prompt_tokens if method_cls.artifact == "bundle" else 0,
+                                    cfg.max_length)
     retain_source, model_labelled = "labelled retain file", None
     if retain is None and method_cls.uses_retain:
-        retain, retain_source = _retain_without_labels(cfg, model, tok, task, forget, emit)
+        retain, retain_source = _retain_without_labels(cfg, model, tok, task, forget, emit, max_length)
         model_labelled = retain
     retain = retain if method_cls.uses_retain else []
     held_f, held_r = [], []
@@ -201,26 +208,30 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         forget, held_f = _hold_out(forget, cfg.holdout, cfg.train.seed)
         retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
         note(f"held out {len(held_f)} forget + {len(held_r)} retain records for --eval-every")
-    before = _report(model, tok, task, cfg, emit, "before", None) if cfg.report_before else {}
+    before = _report(model, tok, task, cfg, emit, "before", None, max_length) if cfg.report_before else {}
     ctx = UnlearnContext(model, tok, task, vocab, forget, retain, cfg, ckpt, emit, base_fp)
     method = method_cls(ctx)
-    examples = encode(forget, task, tok, vocab, targets=method.forget_targets()) + encode(retain, task, tok, vocab)
+    examples = (encode(forget, task, tok, vocab, targets=method.forget_targets(), max_length=max_length)
+                + encode(retain, task, tok, vocab, max_length=max_length))
+    truncation = {"max_length": max_length, "policy": POLICY, "truncated": sum(e.truncated for e in examples)}
+    truncation_note(emit, "unlearn", truncation["truncated"], len(examples), max_length)
     ref_key = sha256_text(json.dumps([base_fp, hashes, len(retain), task.to_dict(), cfg.retain_limit,
                                       cfg.train.seed], sort_keys=True))
     objective = method.objective(examples, len(forget), ref_key)
     run_key = {"model": base_fp, "data": hashes, "method": cfg.method, "settings": _settings(cfg)}
     note(f"{cfg.method}: {len(forget)} forget + {len(retain)} retain records, "
          f"{sum(p.numel() for _, p in objective.named_parameters()):,} trainable parameters")
-    evaluate = _holdout_evaluator(model, tok, task, vocab, method, held_f, held_r, cfg) if cfg.eval_every else None
+    evaluate = (_holdout_evaluator(model, tok, task, vocab, method, held_f, held_r, cfg, max_length)
+                if cfg.eval_every else None)
     with torch.enable_grad():
         result = fit(objective, cfg.train, ckpt, resume, emit, run_key, evaluate, cfg.eval_every,
                      cfg.keep == "best")
-    after = _report(model, tok, task, cfg, emit, "after", method.scorer())
+    after = _report(model, tok, task, cfg, emit, "after", method.scorer(), max_length)
     meta = {
         "method": cfg.method, "settings": _settings(cfg), "task": task.to_dict(),
         "base_model": {"spec": cfg.model, "fingerprint": base_fp},
         "data": {"sha256": hashes, "forget_records": len(forget), "retain_records": len(retain),
-                 "retain_source": retain_source},
+                 "retain_source": retain_source, "truncation": truncation},
         "training": {"steps": result.steps, "seconds": round(result.seconds, 1),
                      "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history,
                      "evals": result.evals, "kept": "best" if cfg.keep == "best" else "last"},
@@ -253,12 +264,13 @@ def _hold_out(records: list[dict], share: float, seed: int) -> tuple[list[dict],
 
 
 def _holdout_evaluator(model, tok, task: TaskSpec, vocab, method, held_f: list[dict], held_r: list[dict],
-                       cfg: UnlearnConfig):
+                       cfg: UnlearnConfig, max_length: int | None = None):
     """``epoch -> {forget_acc, retain_acc, score}`` on the held-out slices, with the artifact as it is now."""
     from spulctl.data.task import encode
     from spulctl.evaluate.metrics import predict
 
-    ex_f, ex_r = encode(held_f, task, tok, vocab), encode(held_r, task, tok, vocab)
+    ex_f, ex_r = (encode(held_f, task, tok, vocab, max_length=max_length),
+                  encode(held_r, task, tok, vocab, max_length=max_length))
 
     def evaluate(_epoch: int) -> dict[str, float]:
         scorer = method.live_scorer()
@@ -278,9 +290,10 @@ def _settings(cfg: UnlearnConfig) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
-def _report(model, tok, task: TaskSpec, cfg: UnlearnConfig, emit: Event, tag: str, scorer) -> dict:
+def _report(model, tok, task: TaskSpec, cfg: UnlearnConfig, emit: Event, tag: str, scorer,
+            max_length: int | None = None) -> dict:
     """Accuracy on the test splits (when ``--splits`` has them), with or without the learned artifact."""
     if cfg.splits is None or cfg.eval_limit == 0:
         return {}
     return evaluate_splits(model, tok, task, cfg.splits, cfg.eval_limit, cfg.eval_batch_size, emit,
-                           logits_fn=scorer, tag=tag)
+                           logits_fn=scorer, tag=tag, max_length=max_length)
