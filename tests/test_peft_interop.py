@@ -136,3 +136,22 @@ def test_import_refuses_other_adapters(tiny_model_dir: Path, tmp_path: Path) -> 
     with pytest.raises(BundleError, match="pickle"):
         import_peft_adapter(pickled, base, "m", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_import_peft(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, PromptTuningConfig
+    from typer.testing import CliRunner
+
+    from spulctl.cli import app
+
+    run = CliRunner().invoke
+    adapter = _native_adapter(tiny_model_dir, tmp_path / "native",
+                              PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
+    r = run(app, ["bundle", "import-peft", str(adapter), "--model", str(tiny_model_dir), "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert run(app, ["bundle", "verify", str(tmp_path / "b"), "--model", str(tiny_model_dir)]).exit_code == 0
+    lora = _native_adapter(tiny_model_dir, tmp_path / "lora", LoraConfig(task_type="CAUSAL_LM", r=2))
+    r = run(app, ["bundle", "import-peft", str(lora), "--model", str(tiny_model_dir), "-o", str(tmp_path / "c")])
+    lines = [line for line in r.output.strip().splitlines() if "Loading weights" not in line and line.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "LORA is not a prompt-tuning adapter" in lines[0], r.output
+    assert not (tmp_path / "c").exists()

@@ -112,3 +112,62 @@ def test_prompted_classifier_cuts_long_text(short_model_dir: Path, tok) -> None:
     assert clf.max_length == CONTEXT - 4
     out = clf.predict(["A fine film.", long_text()])
     assert [o["truncated"] for o in out] == [False, True]
+
+
+def _one_line_refusal(result) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if "Loading weights" not in line and line.strip()]
+    assert "Traceback" not in result.output and len(lines) == 1 and lines[0].startswith("error:"), result.output
+
+
+def _prepend(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(record) + "\n" + path.read_text())
+
+
+def test_a_200000_word_record_through_every_command(short_model_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spulctl.cli import app
+
+    run = CliRunner().invoke
+    data = tmp_path / "data.jsonl"
+    records = [*demo_records()[:300], {"text": long_text(), "label": "positive"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    splits, fam, bundle = tmp_path / "splits", tmp_path / "fam", tmp_path / "bundle"
+    r = run(app, ["split", str(data), "-o", str(splits), "--by", "entity", "--entities", "Jonah Pellegrino"])
+    assert r.exit_code == 0, r.output
+    for name, who in (("train_forget", "Jonah Pellegrino"), ("test_forget", "Jonah Pellegrino"),
+                      ("train_retain", "Somebody"), ("test_retain", "Anybody")):  # a long record first in every split
+        _prepend(splits / f"{name}.jsonl", {"text": long_text(who) + name, "label": "positive"})
+    small = ["--max-steps", "1", "--batch-size", "4", "--retain-limit", "6"]
+    r = run(app, ["familiarize", str(splits), "-o", str(fam), "--model", str(short_model_dir), *small,
+                  "--eval-limit", "2"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((fam / "spulctl-manifest.json").read_text())
+    assert manifest["truncation"]["truncated"] >= 1 and manifest["truncation"]["max_length"] == CONTEXT
+    assert manifest["metrics"]["test_forget"]["truncated"] >= 1
+    r = run(app, ["unlearn", "--model", str(fam), "--splits", str(splits), "-o", str(bundle), "-p", "4", *small,
+                  "--eval-limit", "2"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["data"]["truncation"]["truncated"] >= 1 and meta["data"]["truncation"]["max_length"] == CONTEXT - 4
+    r = run(app, ["eval", str(splits), "--model", str(fam), "--bundle", str(bundle), "-o", str(tmp_path / "report"),
+                  "--limit", "2"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["truncation"]["truncated"]["bundle"]["test_forget"] >= 1
+    _one_line_refusal(run(app, ["eval", str(splits), "--model", str(fam), "--limit", "2", "--max-length", "3"]))
+    onnx = tmp_path / "onnx"
+    r = run(app, ["export", "--model", str(fam), "--bundle", str(bundle), "-o", str(onnx)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((onnx / "manifest.json").read_text())["max_length"] == CONTEXT - 4
+    r = run(app, ["export", "--model", str(fam), "--bundle", str(bundle), "-o", str(tmp_path / "peft"),
+                  "--format", "peft"])
+    assert r.exit_code == 0, r.output
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"text": "A fine film."}) + "\n" + json.dumps({"text": long_text()}) + "\n")
+    r = run(app, ["predict", "--onnx", str(onnx), "--input", str(queries), "--output", str(tmp_path / "p.jsonl")])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [row["truncated"] for row in rows] == [False, True] and "1 cut to 60 tokens" in r.output
+    _one_line_refusal(run(app, ["predict", "--onnx", str(onnx), "--input", str(queries), "--max-length", "61"]))

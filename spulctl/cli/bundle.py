@@ -1,4 +1,4 @@
-"""``spulctl bundle info | verify | compile``."""
+"""``spulctl bundle info | verify | compile | import-peft``."""
 
 from __future__ import annotations
 
@@ -60,3 +60,22 @@ def bundle_compile(
     entry = compile_into_bundle(path, m, ignore_fingerprint=ignore_fingerprint, overwrite=overwrite)
     console.print(f"[green]ok[/green] {path}/{entry['file']}: {entry['layers']} layers × (key, value) "
                   f"{tuple(entry['shape'])} for base {entry['fingerprint'][:19]}…")
+
+
+@bundle_app.command("import-peft")
+@handle_errors
+def bundle_import_peft(
+    adapter: Annotated[Path, typer.Argument(help="PEFT prompt-tuning adapter directory (adapter_config.json + "
+                                                 "adapter_model.safetensors).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output bundle directory.")],
+    model: ModelOpt = "smollm2-135m",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Make a verified prompt bundle for MODEL from a PEFT prompt-tuning adapter (other adapter types refused)."""
+    from spulctl.pipeline import run_bundle_import_peft
+    from spulctl.progress import RichEvents
+
+    with RichEvents(console) as events:
+        meta = run_bundle_import_peft(adapter, model, out, overwrite=overwrite, on_event=events)
+    console.print(f"[green]ok[/green] {out}: p={meta['prompt']['tokens']} d={meta['prompt']['dim']} from "
+                  f"{meta['settings']['peft_type']} adapter, base {meta['base_model']['fingerprint'][:19]}…")

@@ -169,3 +169,7 @@ MaxStepsOpt = Annotated[int | None, typer.Option(help="Stop after this many step
 CheckpointEveryOpt = Annotated[int, typer.Option(help="Steps between checkpoints.")]
 KernelsOpt = Annotated[str, typer.Option(help="auto | triton | torch (fused answer-head loss).")]
 TextFieldOpt = Annotated[str | None, typer.Option(help="Text column (auto-detected).")]
+MaxLengthOpt = Annotated[int | None, typer.Option(
+    "--max-length", help="Tokens per example (template + text + answer): a longer text is cut at its end, the "
+    "template and answer position kept, and counted. Default: the model's context window minus the prompt's p.",
+    show_default=False)]

@@ -1,4 +1,4 @@
-"""``spulctl export`` and ``spulctl predict``: ship the bundle as an ONNX scorer and classify with it."""
+"""``spulctl export`` and ``spulctl predict``: ship the bundle as an ONNX scorer (or a PEFT adapter) and classify."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from spulctl.cli.common import (
     IgnoreFingerprintOpt,
+    MaxLengthOpt,
     ModelOpt,
     OverwriteOpt,
     TextFieldOpt,
@@ -31,15 +32,28 @@ def export(
     prefix: Annotated[str, typer.Option("--prefix", help="baked (initializers in the graph) | inputs (bound once "
                                         "at run time).")] = "baked",
     dtype: Annotated[str, typer.Option(help="float32 (CPU) | float16 (CUDA execution provider).")] = "float32",
+    fmt: Annotated[str, typer.Option("--format", help="onnx (ONNX scorer) | peft (PEFT prompt-tuning adapter: "
+                                     "adapter_config.json + adapter_model.safetensors).")] = "onnx",
+    max_length: MaxLengthOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Compile the bundle into a KV prefix and export an ONNX scorer (model.onnx + prefix + tokenizer + manifest)."""
-    from spulctl.pipeline import run_export
+    """Export the bundle: an ONNX scorer (KV prefix + model.onnx + tokenizer + manifest) or a PEFT adapter."""
+    from spulctl.pipeline import run_export, run_export_peft
     from spulctl.progress import RichEvents
 
+    exporters = {"onnx": run_export, "peft": run_export_peft}
+    if fmt not in exporters:
+        raise SpulError(f"--format {fmt}: use one of {', '.join(exporters)}")
+    if fmt == "peft" and (no_bundle or prefix != "baked" or dtype != "float32"):
+        raise SpulError("--format peft: takes --bundle; --no-bundle, --prefix and --dtype belong to --format onnx")
+    onnx_only = {"no_bundle": no_bundle, "prefix_mode": prefix, "dtype": dtype} if fmt == "onnx" else {}
     with RichEvents(console) as events:
-        manifest = run_export(model, out, bundle=bundle, no_bundle=no_bundle, ignore_fingerprint=ignore_fingerprint,
-                              overwrite=overwrite, prefix_mode=prefix, dtype=dtype, on_event=events)
+        manifest = exporters[fmt](model, out, bundle=bundle, ignore_fingerprint=ignore_fingerprint,
+                                  overwrite=overwrite, on_event=events, max_length=max_length, **onnx_only)
+    if fmt == "peft":
+        console.print(f"PEFT prompt-tuning adapter written to {out} (p={manifest['bundle']['p']}); PEFT vs spulctl: "
+                      f"max |score diff| = {manifest['check']['max_abs_score_diff']:.2e}")
+        return
     check = manifest["check"]
     said = (f"ONNX Runtime check skipped: {check['skipped']}" if check.get("skipped") else
             f"ONNX Runtime check on {check['provider']}: max |score diff| vs torch = {check['max_abs_score_diff']:.2e}")
@@ -57,6 +71,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Texts per run.")] = 32,
     text_field: TextFieldOpt = None,
     ids: Annotated[bool, typer.Option("--ids", help="Also give the top-1 token id of each answer.")] = False,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Tokens per text: a longer text is cut at "
+                                                   "its end (template kept). Default: the export's max_length.",
+                                                   show_default=False)] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Classify texts with an exported model on ONNX Runtime: label, the model's answer and label-word scores.
@@ -75,7 +92,7 @@ def predict(
     if output is not None and output.suffix not in (".jsonl", ".csv"):
         raise SpulError(f"--output {output}: use a .jsonl or .csv file")
     texts = [r["text"] for r in read_records(input_file, ReadOptions(text_field=text_field, require_label=False))]
-    predictor = OnnxPredictor(onnx_dir, provider=provider, batch_size=batch_size)
+    predictor = OnnxPredictor(onnx_dir, provider=provider, batch_size=batch_size, max_length=max_length)
     rows = [_shown(r, ids) for r in predictor.predict(texts)]
     if output is None:
         for r in rows:
@@ -85,12 +102,14 @@ def predict(
         write_jsonl_atomic(output, rows)
     else:
         write_text_atomic(output, _csv(rows))
-    err_console.print(f"{len(rows)} texts on {predictor.provider}")
+    cut = f"; {predictor.truncated} cut to {predictor.max_length} tokens" if predictor.truncated else ""
+    err_console.print(f"{len(rows)} texts on {predictor.provider}{cut}")
 
 
 def _shown(row: dict[str, Any], ids: bool) -> dict[str, Any]:
     """The fields a user reads: text, label, answer, scores; the token id only when asked for."""
-    shown = {"text": row["text"], "label": row["label"], "answer": row["answer"], "scores": row["scores"]}
+    shown = {"text": row["text"], "label": row["label"], "answer": row["answer"], "scores": row["scores"],
+             "truncated": row["truncated"]}
     if ids:
         shown["top1"] = row["top1"]
     return shown

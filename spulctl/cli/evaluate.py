@@ -12,6 +12,7 @@ from spulctl.cli.common import (
     ConfigOpt,
     DtypeOpt,
     IgnoreFingerprintOpt,
+    MaxLengthOpt,
     ModelOpt,
     OverwriteOpt,
     SeedOpt,
@@ -53,6 +54,7 @@ def eval_(
     = "torch",
     junit: Annotated[Path | None, typer.Option(help="Write the gates as JUnit XML here.")] = None,
     ignore_fingerprint: IgnoreFingerprintOpt = False,
+    max_length: MaxLengthOpt = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -70,7 +72,7 @@ def eval_(
         report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
                           mia=mia, plots=plots, robustness=robustness, kernels=kernels, dtype=dtype,
-                          backend=backend, recipe=current_recipe(), on_event=events)
+                          backend=backend, recipe=current_recipe(), on_event=events, max_length=max_length)
     _print_report(report)
     if any(not g["passed"] for g in report["gates"]):
         raise typer.Exit(1)
