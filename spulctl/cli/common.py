@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -25,7 +24,6 @@ from spulctl.errors import SpulError
 
 console = Console()
 err_console = Console(stderr=True)
-RECIPE_KEY = "spulctl.recipe"
 T = TypeVar("T")
 
 
@@ -75,15 +73,9 @@ def fill(cls: type[T], values: dict[str, Any], **fixed: Any) -> T:
     return cls(**{**kwargs, **fixed})
 
 
-def current_recipe() -> dict[str, Any] | None:
-    """The recipe given with ``--config`` to the running command (path, sha256, content), or None."""
-    ctx = click.get_current_context(silent=True)
-    return None if ctx is None else ctx.meta.get(RECIPE_KEY)
-
-
-def _option_names(command: click.Command) -> dict[str, click.Parameter]:
+def _option_names(command: Any) -> dict[str, Any]:
     """Every key a recipe may use for ``command``: parameter names and long flags, dashes as underscores."""
-    names: dict[str, click.Parameter] = {}
+    names: dict[str, Any] = {}
     for param in command.params:
         if param.name in (None, "config", "help"):
             continue
@@ -94,7 +86,7 @@ def _option_names(command: click.Command) -> dict[str, click.Parameter]:
     return names
 
 
-def read_recipe(path: Path, ctx: click.Context) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_recipe(path: Path, ctx: typer.Context) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parse a TOML recipe for the command of ``ctx``.
 
     Returns:
@@ -123,9 +115,9 @@ def read_recipe(path: Path, ctx: click.Context) -> tuple[dict[str, Any], dict[st
         if param is None or param.name is None:
             raise SpulError(f"{path}: unknown key '{key}' (not an option of `spulctl {ctx.info_name}`)")
         try:
-            param.type_cast_value(ctx, value)
-        except (click.BadParameter, TypeError, ValueError) as exc:
-            message = exc.format_message() if isinstance(exc, click.BadParameter) else str(exc)
+            _check_value(param, value, ctx)
+        except Exception as exc:  # the parser's own BadParameter, or a conversion error
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             raise SpulError(f"{path}: key '{key}' = {value!r}: {message}") from None
         defaults[param.name] = value
     record = {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(),
@@ -133,18 +125,36 @@ def read_recipe(path: Path, ctx: click.Context) -> tuple[dict[str, Any], dict[st
     return defaults, record
 
 
-def _recipe_callback(ctx: typer.Context, value: Path | None) -> Path | None:
-    """Eager ``--config``: its values become the command's defaults, so flags on the command line win."""
+def _check_value(param: Any, value: Any, ctx: typer.Context) -> None:
+    """Convert ``value`` as the command line's parser would (raises its error when it does not fit)."""
+    many = getattr(param, "multiple", False) or param.nargs != 1
+    for item in (value if many and isinstance(value, list) else [value]):
+        if isinstance(item, bool) and not getattr(param, "is_flag", False):
+            raise ValueError("expected a value, not true/false")
+        if isinstance(item, (list, dict)):
+            raise ValueError("expected a single value")
+        if hasattr(param, "get_runtime_param"):
+            param.get_runtime_param().coerce(str(item) if isinstance(item, (int, float)) and not isinstance(item, bool)
+                                             else item, param=param, ctx=ctx)
+        else:
+            param.type.convert(item, param, ctx)
+
+
+def _recipe_callback(ctx: typer.Context, value: Path | None) -> dict[str, Any] | None:
+    """Eager ``--config``: its values become the command's defaults, so flags on the command line win.
+
+    Returns:
+        The recipe's record (path, sha256, content): the command receives it as its ``config`` value.
+    """
     if value is None or ctx.resilient_parsing:
-        return value
+        return None
     try:
         defaults, record = read_recipe(Path(value), ctx)
     except SpulError as exc:
         print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    ctx.meta[RECIPE_KEY] = record
-    return value
+    return record
 
 
 # ---- options shared by several commands (declared once; each command sets its own default) ----

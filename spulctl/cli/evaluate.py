@@ -18,7 +18,6 @@ from spulctl.cli.common import (
     SeedOpt,
     check_positive,
     console,
-    current_recipe,
     err_console,
     handle_errors,
 )
@@ -72,7 +71,7 @@ def eval_(
         report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
                           mia=mia, plots=plots, robustness=robustness, kernels=kernels, dtype=dtype,
-                          backend=backend, recipe=current_recipe(), on_event=events, max_length=max_length)
+                          backend=backend, recipe=config, on_event=events, max_length=max_length)
     _print_report(report)
     if any(not g["passed"] for g in report["gates"]):
         raise typer.Exit(1)

@@ -30,7 +30,6 @@ from spulctl.cli.common import (
     SeedOpt,
     check_positive,
     console,
-    current_recipe,
     fill,
     handle_errors,
 )
@@ -68,7 +67,7 @@ def familiarize(
 
     check_positive(epochs=epochs, batch_size=batch_size, retain_limit=retain_limit, max_steps=max_steps)
     cfg = fill(FamiliarizeConfig, values, lora=LoraSettings(lora_r, lora_alpha, lora_dropout),
-               train=fill(TrainConfig, values, max_grad_norm=1.0, weight_decay=0.0), recipe=current_recipe())
+               train=fill(TrainConfig, values, max_grad_norm=1.0, weight_decay=0.0), recipe=config)
     with RichEvents(console) as events:
         manifest = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
     print_metrics(manifest["metrics"], f"familiarized model saved to {out}")
@@ -136,7 +135,7 @@ def unlearn(
         UnlearnConfig, values, train=fill(TrainConfig, values), lora=LoraSettings(),
         generic_labels=tuple(g.strip() for g in generic_labels.split(",") if g.strip()),
         answer_only=not no_answer_only, shared_prefix=not no_shared_prefix, cached_reference=not no_cached_reference,
-        cuda_graphs=not no_cuda_graphs, recipe=current_recipe(),
+        cuda_graphs=not no_cuda_graphs, recipe=config,
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
