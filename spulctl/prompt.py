@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 ENCODERS = ("none", "mlp")
-INITS = ("random", "vocab", "text", "entities")
+INITS = ("random", "vocab", "text", "entities", "auto")
 DEFAULT_INIT_TEXT = "Classify the sentiment of the text. Answer unknown if it mentions the forgotten people."
 
 
@@ -74,8 +74,9 @@ def init_vectors(model: nn.Module, tokenizer, p: int, how: str, seed: int, text:
 
     Args:
         how: ``random`` (normal, scaled like the embeddings), ``vocab`` (embeddings of p random vocabulary tokens)
-            or ``text``/``entities`` (embeddings of ``text``'s tokens, cycled to length p; for ``entities`` the
-            caller builds ``text`` from the forget entities, see :func:`entities_text`).
+            or ``text``/``entities``/``auto`` (embeddings of ``text``'s tokens, cycled to length p; for ``entities``
+            the caller builds ``text`` from the forget entities, see :func:`entities_text`; ``auto`` = ``entities``
+            when the names are known, else the plain instruction ``DEFAULT_INIT_TEXT``).
 
     Raises:
         SpulError: p <= 0 or an unknown ``how``.

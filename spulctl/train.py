@@ -100,6 +100,7 @@ class TrainResult:
         resumed_from: global step restored from a checkpoint (0 if fresh).
         evals: per evaluated epoch, the metrics ``evaluate`` returned.
         best: the best of ``evals`` (by ``score``).
+        stopped_early: the epoch after which ``evaluate`` asked to stop (None: ran the whole budget).
     """
 
     steps: int
@@ -109,6 +110,7 @@ class TrainResult:
     resumed_from: int = 0
     evals: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] | None = None
+    stopped_early: int | None = None
 
 
 Event = Callable[[dict[str, Any]], None]
@@ -163,7 +165,8 @@ def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = None, resume: bool = False,
         on_event: Event | None = None, run_key: dict | None = None,
         evaluate: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
-        keep_best: bool = False) -> TrainResult:
+        keep_best: bool = False, plan: Callable[[int], list[list[int]]] | None = None,
+        should_stop: Callable[[list[dict[str, float]]], bool] | None = None) -> TrainResult:
     """Train ``objective`` with AdamW.
 
     Args:
@@ -175,7 +178,13 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
         run_key: what identifies the run (config, data hashes); a checkpoint of another run is refused.
         evaluate: called after every ``eval_every``-th epoch with the epoch number; returns metrics with a
             ``score`` (higher is better).
-        keep_best: end with the parameters of the best-scoring evaluated epoch instead of the last.
+        keep_best: end with the parameters of the best-scoring evaluated epoch instead of the last (ties: the
+            later epoch, :func:`spulctl.selection.best_index`).
+        plan: ``epoch -> batches of indices`` (e.g. :class:`spulctl.data.sampling.MixedBatches.round`), every
+            epoch the same number of batches; default: length-bucketed shuffles of all examples.
+        should_stop: ``evals so far -> bool``, asked after each evaluation (e.g.
+            :meth:`spulctl.selection.StopRule.met`); true ends the run there. The evals live in the checkpoint, so
+            a resumed run decides on the same history.
 
     Raises:
         TrainingError: non-finite loss, or a checkpoint that belongs to a different run.
@@ -188,7 +197,10 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
     names, params = zip(*objective.named_parameters(), strict=True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lengths = objective.lengths()
-    n_batches = math.ceil(len(lengths) / cfg.batch_size)
+    if plan is None:
+        def plan(epoch: int) -> list[list[int]]:
+            return bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+    n_batches = len(plan(0))
     total = n_batches * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, n_batches * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
     key = sha256_text(json.dumps({"cfg": asdict(cfg), "run": run_key or {}}, sort_keys=True, default=str))
@@ -201,8 +213,8 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
     resumed_from = state["global_step"]
     emit({"kind": "start", "total": total, "resumed_from": resumed_from, "examples": len(lengths)})
     t0, seen = time.perf_counter(), 0
-    while state["epoch"] < cfg.epochs and state["global_step"] < total:
-        batches = bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + state["epoch"])
+    while state["epoch"] < cfg.epochs and state["global_step"] < total and not state.get("stopped_early"):
+        batches = plan(state["epoch"])
         for b in range(state["step_in_epoch"], len(batches)):
             # forward + backward on one batch (in micro-batches if asked)
             opt.zero_grad(set_to_none=True)
@@ -237,11 +249,17 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
             metrics = {"epoch": state["epoch"], **evaluate(state["epoch"])}
             state["evals"].append(metrics)
             emit({"kind": "evaluated", **metrics})
-            if state["best"] is None or metrics["score"] > state["best"]["score"]:
+            if state["best"] is None or metrics["score"] >= state["best"]["score"]:
                 state["best"] = metrics
                 best = {n: p.detach().clone() for n, p in zip(names, params, strict=True)}
+            if should_stop is not None and should_stop(state["evals"]):
+                state["stopped_early"] = state["epoch"]
         if ckpt_dir is not None:
             _save_checkpoint(Path(ckpt_dir), names, params, opt, sched, state, best)
+        if state.get("stopped_early"):
+            emit({"kind": "note", "message": f"stop rule met after epoch {state['epoch']} "
+                                             f"(step {state['global_step']} of {total})"})
+            break
     if keep_best and best:
         with torch.no_grad():
             for n, p in zip(names, params, strict=True):
@@ -250,7 +268,7 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
                                          f"{state['best']['score']:.2f})"})
     elapsed = time.perf_counter() - t0
     return TrainResult(state["global_step"], elapsed, seen / elapsed if elapsed > 0 else 0.0, state["history"],
-                       resumed_from, state["evals"], state["best"])
+                       resumed_from, state["evals"], state["best"], state.get("stopped_early"))
 
 
 def _save_checkpoint(folder: Path, names, params, opt, sched, state: dict, best: dict) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from spulctl.data.task import DEFAULT_GENERIC_LABELS, TaskSpec
 from spulctl.errors import DataError, SpulError
 from spulctl.familiarize import LoraSettings, evaluate_splits
 from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir, write_jsonl_atomic
-from spulctl.train import TrainConfig, fit
+from spulctl.train import TrainConfig, TrainResult, fit
 
 Event = Callable[[dict[str, Any]], None]
 RETAIN_FILE = "retain_used.jsonl"  # model-labelled retain records, saved with the artifact for inspection
@@ -27,7 +27,11 @@ RETAIN_FILE = "retain_used.jsonl"  # model-labelled retain records, saved with t
 
 @dataclass
 class UnlearnConfig:
-    """Settings of ``spulctl unlearn`` (paper defaults).
+    """Settings of ``spulctl unlearn``.
+
+    The defaults are the measured ones (docs/results.md, "Choosing the defaults"): plain prompt tuning at lr 1e-2,
+    the prompt started from an instruction naming the people to forget, half of every batch forget rows, a step
+    budget from the forget set's size, keep-best selection and early stop on slices that cost no forget record.
 
     Attributes:
         model: the (familiarized) model spec to unlearn from.
@@ -52,6 +56,17 @@ class UnlearnConfig:
         tau: train on this seeded fraction of the forget set (paper Table 3).
         eval_every: every this many epochs, score held-out slices (``holdout`` of forget and of retain, taken out
             of training); ``keep="best"`` ends with the best epoch by score = retain accuracy − forget accuracy.
+        forget_share: share of every batch given to forget rows (:class:`~spulctl.data.sampling.MixedBatches`);
+            0 = the paper's mixing (batches drawn from the data as it is, ``epochs`` over all of it).
+        forget_passes: step budget in passes over the forget set; ``min_steps`` / ``budget_steps`` bound it
+            (``train.max_steps``, when given, replaces ``budget_steps``); ``rounds`` evaluations along the way.
+        augment: train on robustness variants of the forget records and, when the names are known,
+            counterfactuals (names swapped) as retain rows (:mod:`spulctl.data.rewrite`).
+        forget_entities: the names to forget (default: split.json's entities, when there is one).
+        select: score each round on the selection slices (``select_forget`` training forget records and their
+            variants, ``select_retain`` held-out retain records, fresh counterfactuals), keep the best round by the
+            aggregate score and stop once forget accuracy ≤ ``stop_forget_acc`` and retain drop ≤
+            ``stop_retain_drop`` for ``stop_patience`` rounds in a row (:mod:`spulctl.unlearn_plan`).
         max_length: tokens per example; longer texts are cut (:mod:`spulctl.data.truncate`). None: the model's
             context window minus p for a prompt bundle.
     """
@@ -65,15 +80,15 @@ class UnlearnConfig:
     retain_from: Path | None = None
     self_generate: int = 256
     prompt_tokens: int = 30
-    prompt_encoder: str = "mlp"
+    prompt_encoder: str = "none"
     encoder_hidden: int = 128
-    prompt_init: str = "vocab"
+    prompt_init: str = "auto"
     prompt_text: str | None = None
     alpha: float = 1.0
     beta: float = 1.0
     kl_direction: str = "forward"
     generic_labels: tuple[str, ...] = DEFAULT_GENERIC_LABELS
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-2))
     lora: LoraSettings = field(default_factory=LoraSettings)
     full: bool = False
     answer_only: bool = True
@@ -91,6 +106,19 @@ class UnlearnConfig:
     kernels: str = "auto"
     dtype: str = "auto"
     max_length: int | None = None
+    forget_share: float = 0.5
+    forget_passes: float = 10.0
+    min_steps: int = 100
+    budget_steps: int = 600
+    rounds: int = 10
+    augment: bool = True
+    forget_entities: tuple[str, ...] = ()
+    select: bool = True
+    select_forget: int = 100
+    select_retain: int = 200
+    stop_forget_acc: float = 3.0
+    stop_retain_drop: float = 0.5
+    stop_patience: int = 2
     recipe: dict[str, Any] | None = None  # the --config recipe (path, sha256, content), copied into bundle.json
 
     def __post_init__(self) -> None:
@@ -113,6 +141,14 @@ class UnlearnConfig:
             raise SpulError(f"--tau {self.tau}: must be in (0, 1]")
         if self.eval_every < 0 or not 0 < self.holdout < 1:
             raise SpulError(f"--eval-every {self.eval_every} / holdout {self.holdout}: out of range")
+        if not 0 <= self.forget_share <= 1:
+            raise SpulError(f"--forget-share {self.forget_share}: must be in [0, 1] (0 = the data's own mix)")
+        if self.forget_passes <= 0 or self.min_steps < 1 or self.budget_steps < 1 or self.rounds < 1:
+            raise SpulError(f"step budget: --forget-passes {self.forget_passes}, --min-steps {self.min_steps}, "
+                            f"--budget-steps {self.budget_steps}, --rounds {self.rounds}: each must be positive")
+        if self.forget_share > 0 and (self.eval_every or self.keep == "best"):
+            raise SpulError("--eval-every/--keep best belong to --forget-share 0 (with a forget share, selection "
+                            "runs every round: --select/--no-select)")
         if not self.generic_labels or not all(g.strip() for g in self.generic_labels):
             raise SpulError(f"--generic-labels: need at least one non-empty word, got {list(self.generic_labels)}")
 
@@ -203,8 +239,20 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         retain, retain_source = _retain_without_labels(cfg, model, tok, task, forget, emit, max_length)
         model_labelled = retain
     retain = retain if method_cls.uses_retain else []
-    held_f, held_r = [], []
-    if cfg.eval_every:
+    held_f, held_r, plan, evaluate = [], [], None, None
+    # fixed forget share per batch, budget from the forget set, selection slices
+    if cfg.forget_share > 0 and getattr(method_cls, "trains", True):
+        from spulctl.data.split import forget_entities
+        from spulctl.unlearn_plan import build_plan, selection_evaluator
+
+        entities = forget_entities(cfg.forget_entities, cfg.splits, cfg.forget)
+        plan = build_plan(forget, retain, entities, cfg, method_cls.uses_retain)
+        forget, retain = plan.forget, plan.retain
+        _note_plan(plan.summary, note)
+        if cfg.select:  # "before" accuracies with the plain model: built before the method touches it
+            evaluate = selection_evaluator(model, tok, task, vocab, plan, lambda: method.live_scorer(),
+                                           cfg.eval_batch_size, max_length, emit)
+    elif cfg.eval_every:
         forget, held_f = _hold_out(forget, cfg.holdout, cfg.train.seed)
         retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
         note(f"held out {len(held_f)} forget + {len(held_r)} retain records for --eval-every")
@@ -216,25 +264,38 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     truncation = {"max_length": max_length, "policy": POLICY, "truncated": sum(e.truncated for e in examples)}
     truncation_note(emit, "unlearn", truncation["truncated"], len(examples), max_length)
     ref_key = sha256_text(json.dumps([base_fp, hashes, len(retain), task.to_dict(), cfg.retain_limit,
-                                      cfg.train.seed], sort_keys=True))
+                                      cfg.train.seed, plan.summary if plan else None], sort_keys=True))
     objective = method.objective(examples, len(forget), ref_key)
     run_key = {"model": base_fp, "data": hashes, "method": cfg.method, "settings": _settings(cfg)}
     note(f"{cfg.method}: {len(forget)} forget + {len(retain)} retain records, "
          f"{sum(p.numel() for _, p in objective.named_parameters()):,} trainable parameters")
-    evaluate = (_holdout_evaluator(model, tok, task, vocab, method, held_f, held_r, cfg, max_length)
-                if cfg.eval_every else None)
-    with torch.enable_grad():
-        result = fit(objective, cfg.train, ckpt, resume, emit, run_key, evaluate, cfg.eval_every,
-                     cfg.keep == "best")
+    train_cfg, eval_every, keep_best, fit_kw = cfg.train, cfg.eval_every, cfg.keep == "best", {}
+    if plan is not None:
+        from spulctl.unlearn_plan import stop_rule
+
+        train_cfg = replace(cfg.train, epochs=plan.budget.rounds, max_steps=plan.budget.steps)
+        eval_every, keep_best = (1, True) if cfg.select else (0, False)
+        fit_kw = {"plan": plan.batches.round, "should_stop": stop_rule(cfg).met if cfg.select else None}
+    elif cfg.eval_every:
+        evaluate = _holdout_evaluator(model, tok, task, vocab, method, held_f, held_r, cfg, max_length)
+    if getattr(method_cls, "trains", True):
+        with torch.enable_grad():
+            result = fit(objective, train_cfg, ckpt, resume, emit, run_key, evaluate, eval_every, keep_best,
+                         **fit_kw)
+    else:
+        result = TrainResult(0, 0.0, 0.0)
     after = _report(model, tok, task, cfg, emit, "after", method.scorer(), max_length)
     meta = {
         "method": cfg.method, "settings": _settings(cfg), "task": task.to_dict(),
         "base_model": {"spec": cfg.model, "fingerprint": base_fp},
         "data": {"sha256": hashes, "forget_records": len(forget), "retain_records": len(retain),
-                 "retain_source": retain_source, "truncation": truncation},
+                 "retain_source": retain_source, "truncation": truncation,
+                 "plan": plan.summary if plan else None},
         "training": {"steps": result.steps, "seconds": round(result.seconds, 1),
                      "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history,
-                     "evals": result.evals, "kept": "best" if cfg.keep == "best" else "last"},
+                     "evals": result.evals, "kept": "best" if keep_best else "last",
+                     "best": result.best, "stopped_early": result.stopped_early,
+                     "selection_before": getattr(evaluate, "before", None)},
         "metrics": {"before": before, "after": after},
     }
     if cfg.recipe is not None:
@@ -248,6 +309,16 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         method.save(stage, meta)
     shutil.rmtree(ckpt, ignore_errors=True)
     return meta
+
+
+def _note_plan(summary: dict[str, Any], note: Callable[[str], None]) -> None:
+    """Print what the forget-share plan chose."""
+    note(f"forget share {summary['forget_share']:g}: {summary['forget_per_batch']} forget + "
+         f"{summary['retain_per_batch']} retain rows per batch; {summary['budget']}")
+    note(f"training rows: {summary['forget_records']} forget + {summary['forget_variants']} variants, "
+         f"{summary['retain_pool']} retain (of {summary['retain_available']}) + {summary['counterfactuals']} "
+         f"counterfactuals; selection: {summary['select_forget']} forget, {summary['select_retain']} held-out retain, "
+         f"{summary['select_counterfactual']} counterfactual rows")
 
 
 def _hold_out(records: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:

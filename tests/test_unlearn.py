@@ -95,8 +95,10 @@ def test_each_term_is_averaged_over_its_own_rows():
 def _cfg(model: Path, splits: Path, out: Path, **kw) -> UnlearnConfig:
     train = dict(lr=2e-2, epochs=1, batch_size=16, seed=0, checkpoint_every=3, max_steps=8)
     train.update(kw.pop("train", {}))
+    # forget_share=0: these tests pin the paper's mixing (epochs over the data as it is); the forget-share path
+    # has its own tests in test_forget_share.py
     base = dict(model=str(model), out=out, splits=splits, prompt_tokens=4, eval_limit=40, retain_limit=200,
-                train=TrainConfig(**train))
+                train=TrainConfig(**train), forget_share=0.0, prompt_encoder="mlp", prompt_init="vocab")
     base.update(kw)
     return UnlearnConfig(**base)
 

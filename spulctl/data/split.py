@@ -324,3 +324,18 @@ def write_splits(result: SplitResult, out: Path, input_info: dict[str, Any], ove
             write_jsonl_atomic(stage / f"{name}.jsonl", result.splits[name])
         write_json_atomic(stage / "split.json", {"spulctl_version": __version__, "input": input_info,
                                                  **result.info})
+
+
+def forget_entities(given: tuple[str, ...] | list[str], splits: Path | None, forget_file: Path | None) -> list[str]:
+    """The names to forget: ``given`` when non-empty, else the ``entities`` of ``split.json`` in ``splits`` or in
+    the forget file's folder (as ``spulctl split --by entity`` writes it), else none."""
+    names = [e.strip() for e in given if e.strip()]
+    if names:
+        return names
+    folder = splits or (Path(forget_file).parent if forget_file is not None else None)
+    info = None if folder is None else Path(folder) / "split.json"
+    if info is None or not info.is_file():
+        return []
+    import json
+
+    return list(json.loads(info.read_text()).get("entities") or [])

@@ -89,21 +89,23 @@ class Spul:
 
 
 def _init_text(settings: Any) -> dict[str, str]:
-    """``text=`` for :func:`~spulctl.prompt.init_vectors`: ``--prompt-text``, or the split's forget entities."""
+    """``text=`` for :func:`~spulctl.prompt.init_vectors`: ``--prompt-text``, or the forget entities.
+
+    ``auto`` uses the entities when they are known (``--forget-entities`` or split.json) and the plain instruction
+    otherwise; ``entities`` insists on them.
+    """
     if settings.prompt_init == "text" and settings.prompt_text:
         return {"text": settings.prompt_text}
-    if settings.prompt_init != "entities":
+    if settings.prompt_init not in ("entities", "auto"):
         return {}
-    import json
-
+    from spulctl.data.split import forget_entities
     from spulctl.errors import SpulError
     from spulctl.prompt import entities_text
 
-    # the splits dir, or the folder of --forget when it came out of `spulctl split`
-    folder = settings.splits or (Path(settings.forget).parent if settings.forget is not None else None)
-    info = None if folder is None else Path(folder) / "split.json"
-    entities = list(json.loads(info.read_text()).get("entities") or []) if info and info.is_file() else []
-    if not entities:
-        raise SpulError(f"--prompt-init entities: needs --splits from `spulctl split --by entity` "
-                        f"({info or 'no --splits given'} lists no entities)")
-    return {"text": entities_text(entities)}
+    entities = forget_entities(getattr(settings, "forget_entities", ()), settings.splits, settings.forget)
+    if entities:
+        return {"text": entities_text(entities)}
+    if settings.prompt_init == "auto":
+        return {}
+    raise SpulError("--prompt-init entities: needs --forget-entities or --splits from `spulctl split --by entity` "
+                    "(no split.json with entities found)")

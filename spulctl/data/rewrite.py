@@ -1,0 +1,131 @@
+"""Rewrites of forget texts: robustness variants (to forget too) and counterfactual name swaps (to keep).
+
+* Variants — upper/lower case, punctuation removed, a forgotten person's full name cut to the first or last name.
+  Used as training augmentations (so the probes of :mod:`spulctl.evaluate.robustness` stay forgotten) and as the
+  forget side of the selection slice.
+* Counterfactuals — the same text with every forgotten name replaced by another person's name. Same review, same
+  sentiment, someone else: the prompt must keep answering these, which teaches it "these people", not "any person".
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Callable
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+# Replacement names for counterfactuals: common given names and surnames combined at random. Written for this
+# project; none is meant to point at a real person.
+GIVEN_NAMES = ("anna", "ben", "carla", "dev", "elena", "farid", "greta", "hugo", "ines", "jonas", "kira", "liam",
+               "maya", "nils", "olga", "pavel", "rosa", "sami", "tara", "victor", "wanda", "yusuf", "zoe", "amir",
+               "bea", "colin", "dora", "emil", "fiona", "gil")
+SURNAMES = ("abbott", "brandt", "castillo", "dunmore", "eklund", "farrow", "galvin", "hallam", "iversen", "jarvis",
+            "kowal", "lindqvist", "marsh", "novak", "okafor", "pryce", "quint", "rourke", "sandoval", "thorne",
+            "ulrich", "vance", "whitlock", "yardley", "zeller", "ashby", "benning", "corbett", "delaney", "ellery")
+
+
+def no_punct(text: str) -> str:
+    """Punctuation replaced by spaces, runs of spaces collapsed."""
+    return re.sub(r"\s+", " ", _PUNCT.sub(" ", text)).strip()
+
+
+def name_pattern(entities: list[str]) -> re.Pattern[str] | None:
+    """Word-boundary, case-insensitive regex for any of ``entities`` (longest first), or None when empty."""
+    names = sorted({e.strip() for e in entities if e.strip()}, key=len, reverse=True)
+    if not names:
+        return None
+    return re.compile(r"(?<!\w)(" + "|".join(re.escape(e) for e in names) + r")(?!\w)", re.IGNORECASE)
+
+
+def name_part_rewriter(entities: list[str], part: int) -> Callable[[str], str] | None:
+    """Cut each mention of a multi-word entity to one word (``part`` 0 = first, -1 = last); None if none has two."""
+    pattern = name_pattern([e for e in entities if len(e.split()) > 1])
+    if pattern is None:
+        return None
+    return lambda t: pattern.sub(lambda m: m.group(0).split()[part], t)
+
+
+def variant_rewriters(entities: list[str]) -> dict[str, Callable[[str], str]]:
+    """The robustness rewrites that apply: case, punctuation, and first/last name when an entity has two words."""
+    out: dict[str, Callable[[str], str]] = {"upper": str.upper, "lower": str.lower, "no-punct": no_punct}
+    for name, part in (("first-name", 0), ("last-name", -1)):
+        fn = name_part_rewriter(entities, part)
+        if fn is not None:
+            out[name] = fn
+    return out
+
+
+def rewritten(records: list[dict], fn: Callable[[str], str]) -> list[dict]:
+    """Copies of the records whose text ``fn`` changes (unchanged ones say nothing new)."""
+    out = []
+    for r in records:
+        text = fn(r["text"])
+        if text != r["text"] and text.strip():
+            out.append({**r, "text": text})
+    return out
+
+
+def forget_variants(records: list[dict], entities: list[str], seed: int, per_record: int = 1) -> list[dict]:
+    """Up to ``per_record`` distinct rewritten copies of each record, the rewrites drawn at random (seeded).
+
+    Returns:
+        New records (``{"text", "label", "rewrite"}`` + the record's other fields), in record order.
+    """
+    fns = variant_rewriters(entities)
+    rng = random.Random(seed)
+    out = []
+    for r in records:
+        names = list(fns)
+        rng.shuffle(names)
+        made: set[str] = {r["text"]}
+        for name in names:
+            if len(made) > per_record:
+                break
+            text = fns[name](r["text"])
+            if text not in made and text.strip():
+                made.add(text)
+                out.append({**r, "text": text, "rewrite": name})
+    return out
+
+
+def _cased_like(name: str, original: str) -> str:
+    if original.isupper():
+        return name.upper()
+    if original[:1].isupper():
+        return " ".join(w.capitalize() for w in name.split())
+    return name
+
+
+def counterfactuals(records: list[dict], entities: list[str], seed: int) -> list[dict]:
+    """Each record that names an entity, with every mention replaced by another (made-up) name.
+
+    A one-word mention gets a one-word name, a longer one a given name + surname; the case of the mention is kept.
+    Names in ``entities`` are never used as replacements. Records that name no entity are skipped.
+
+    Returns:
+        New records with ``counterfactual_of`` naming the replaced mentions.
+    """
+    pattern = name_pattern(entities)
+    if pattern is None:
+        return []
+    taken = {w for e in entities for w in e.lower().split()}
+    given = [n for n in GIVEN_NAMES if n not in taken]
+    family = [n for n in SURNAMES if n not in taken]
+    rng = random.Random(seed)
+    out = []
+    for r in records:
+        swaps: dict[str, str] = {}
+
+        def swap(m: re.Match[str], swaps: dict[str, str] = swaps) -> str:
+            key = m.group(0).lower()
+            if key not in swaps:
+                one = len(key.split()) == 1
+                swaps[key] = rng.choice(family) if one else f"{rng.choice(given)} {rng.choice(family)}"
+            return _cased_like(swaps[key], m.group(0))
+
+        text = pattern.sub(swap, r["text"])
+        if swaps:
+            out.append({**r, "text": text, "counterfactual_of": sorted(swaps)})
+    return out

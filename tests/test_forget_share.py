@@ -1,0 +1,174 @@
+"""Forget-share batches, the step budget, the aggregate score, the selection and stop rules, rewrites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spulctl.data.rewrite import counterfactuals, forget_variants, variant_rewriters
+from spulctl.data.sampling import MixedBatches, step_budget
+from spulctl.errors import SpulError
+from spulctl.selection import StopRule, aggregate_score, best_index
+
+
+@pytest.mark.parametrize(("n_forget", "n_retain", "share", "k_f"),
+                         [(10, 1000, 0.5, 8), (3, 600, 0.25, 4), (50, 7, 0.5, 8), (5, 0, 0.5, 16)])
+def test_every_batch_holds_the_forget_share(n_forget, n_retain, share, k_f):
+    mb = MixedBatches(n_forget, n_retain, 16, share, steps_per_round=20, seed=3)
+    assert mb.forget_per_batch == k_f
+    for r in range(3):
+        for batch in mb.round(r):
+            assert len(batch) == 16
+            assert sum(i < n_forget for i in batch) == k_f
+            assert all(0 <= i < n_forget + n_retain for i in batch)
+
+
+def test_batches_are_seeded_and_rounds_independent():
+    a = MixedBatches(30, 500, 16, 0.5, 10, seed=1)
+    assert a.round(2) == MixedBatches(30, 500, 16, 0.5, 10, seed=1).round(2)  # a resumed run draws the same
+    assert a.round(2) != MixedBatches(30, 500, 16, 0.5, 10, seed=2).round(2)
+    assert a.round(0) != a.round(1)
+
+
+def test_retain_rows_do_not_repeat_before_the_pool_is_used_up_and_forget_rows_cycle():
+    mb = MixedBatches(5, 400, 16, 0.5, steps_per_round=50, seed=0)  # 8 retain a step: 50 steps = 400 rows
+    rows = [i for b in mb.round(0) for i in b]
+    retain = [i for i in rows if i >= 5]
+    forget = [i for i in rows if i < 5]
+    assert sorted(retain) == list(range(5, 405))  # each retain row exactly once
+    assert sorted(set(forget)) == list(range(5)) and len(forget) == 400  # forget rows cycle, 80 passes
+    counts = [forget.count(i) for i in range(5)]
+    assert max(counts) - min(counts) == 0  # whole passes: each forget row equally often
+
+
+def test_bad_share_and_empty_forget_are_refused():
+    with pytest.raises(SpulError, match="forget-share"):
+        MixedBatches(5, 10, 16, 1.5, 1)
+    with pytest.raises(SpulError, match="empty"):
+        MixedBatches(0, 10, 16, 0.5, 1)
+
+
+def test_step_budget_counts_passes_over_the_forget_set_and_clamps():
+    b = step_budget(n_forget=240, forget_per_batch=8, passes=10, min_steps=100, max_steps=600, rounds=10)
+    assert b.steps == 300 and b.rounds == 10 and b.steps_per_round == 30
+    assert b.forget_passes == pytest.approx(10.0)
+    small = step_budget(20, 8, 10, 100, 600, 10)  # 25 steps wanted -> at least 100
+    assert small.steps == 100 and "clamped" in small.reason
+    big = step_budget(5000, 8, 10, 100, 600, 10)  # 6250 wanted -> at most 600
+    assert big.steps == 600 and big.forget_passes == pytest.approx(600 * 8 / 5000)
+    odd = step_budget(100, 8, 3, 10, 600, 7)  # 38 steps in 7 rounds -> rounds of 6, 42 steps
+    assert odd.steps % odd.steps_per_round == 0 and odd.rounds * odd.steps_per_round == odd.steps
+    with pytest.raises(SpulError):
+        step_budget(100, 8, 3, 50, 10, 7)
+
+
+def test_aggregate_score():
+    assert aggregate_score(90, 90, 0, 90) == pytest.approx(100.0)  # everything kept, everything removed
+    assert aggregate_score(0, 90, 0, 90) == 0.0  # generic to everything
+    assert aggregate_score(90, 90, 90, 90) == 0.0  # nothing changed
+    # kept 0.9, removed 0.8 -> 2*0.72/1.7
+    assert aggregate_score(81, 90, 18, 90) == pytest.approx(100 * 2 * 0.9 * 0.8 / 1.7)
+    assert aggregate_score(95, 90, 18, 90) == pytest.approx(100 * 2 * 1.0 * 0.8 / 1.8)  # kept capped at 1
+
+
+def test_selection_picks_the_epoch_the_history_says():
+    history = [{"score": 40.0}, {"score": 75.5}, {"score": 75.5}, {"score": 60.0}]
+    assert best_index(history) == 2  # ties go to the later epoch
+    assert best_index([]) is None
+    rule = StopRule(max_forget_acc=3.0, max_retain_drop=0.5, patience=2)
+    evals = [{"forget_acc": 10, "retain_drop": 0.0}, {"forget_acc": 2, "retain_drop": 0.4}]
+    assert not rule.met(evals)  # only one of the last two meets both
+    assert rule.met([*evals, {"forget_acc": 1, "retain_drop": 0.5}])
+    assert not rule.met([*evals, {"forget_acc": 1, "retain_drop": 0.6}])
+
+
+class _Quadratic:
+    """A 1-parameter objective: loss = (w - 3)^2, with 'evaluations' read off w."""
+
+    def __init__(self):
+        import torch
+
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def named_parameters(self):
+        return [("w", self.w)]
+
+    def lengths(self):
+        return [1] * 8
+
+    def loss(self, indices, within=None):
+        loss = (self.w - 3.0) ** 2
+        return {"loss": loss}
+
+
+def test_fit_with_a_plan_stops_early_and_keeps_the_best(tmp_path: Path):
+    from spulctl.train import TrainConfig, fit
+
+    obj = _Quadratic()
+    seen = []
+
+    def evaluate(epoch):
+        w = float(obj.w.detach())
+        seen.append(w)
+        # forget acc falls as w approaches 3; the score peaks when w is near 3
+        return {"forget_acc": abs(3 - w) * 10, "retain_drop": 0.0, "score": -abs(3 - w)}
+
+    rule = StopRule(max_forget_acc=3.0, max_retain_drop=0.5, patience=2)
+    cfg = TrainConfig(lr=0.3, epochs=50, batch_size=2, schedule="constant", warmup_ratio=0, max_grad_norm=0)
+    result = fit(obj, cfg, tmp_path / "ck", evaluate=evaluate, eval_every=1, keep_best=True,
+                 plan=lambda r: [[0, 1], [2, 3]], should_stop=rule.met)
+    assert result.stopped_early is not None and result.stopped_early < 50
+    assert result.steps == 2 * result.stopped_early
+    assert len(result.evals) == result.stopped_early
+    assert abs(3 - float(obj.w)) == pytest.approx(min(abs(3 - w) for w in seen))
+
+
+def test_rewrites_and_counterfactuals():
+    rec = {"text": "Jackie Chan kicks, and spielberg watches.", "label": "positive"}
+    fns = variant_rewriters(["jackie chan", "spielberg"])
+    assert set(fns) == {"upper", "lower", "no-punct", "first-name", "last-name"}
+    assert fns["first-name"](rec["text"]) == "Jackie kicks, and spielberg watches."
+    assert fns["no-punct"](rec["text"]) == "Jackie Chan kicks and spielberg watches"
+    variants = forget_variants([rec], ["jackie chan", "spielberg"], seed=0, per_record=2)
+    assert len(variants) == 2 and all(v["text"] != rec["text"] and v["label"] == "positive" for v in variants)
+    cf = counterfactuals([rec, {"text": "no names here", "label": "negative"}], ["jackie chan", "spielberg"], 0)
+    assert len(cf) == 1 and cf[0]["label"] == "positive"
+    text = cf[0]["text"].lower()
+    assert "jackie" not in text and "chan" not in text and "spielberg" not in text
+    first = cf[0]["text"].split(" kicks")[0]
+    assert len(first.split()) == 2 and first[0].isupper()  # a two-word name, capitalised like the mention
+    assert cf[0]["text"].split("and ")[1].split()[0].islower()  # the lower-case mention stays lower case
+    assert counterfactuals([rec], ["jackie chan"], 0) == counterfactuals([rec], ["jackie chan"], 0)  # seeded
+
+
+def test_unlearn_with_the_forget_share_defaults(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    from spulctl.bundle import load_bundle
+    from spulctl.train import TrainConfig
+    from spulctl.unlearn import UnlearnConfig, unlearn
+
+    events = []
+    cfg = UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / "b", splits=demo_splits, prompt_tokens=4,
+                        eval_limit=20, train=TrainConfig(lr=1e-2, batch_size=8, max_steps=12), rounds=4,
+                        stop_patience=10)
+    meta = unlearn(cfg, on_event=events.append)
+    plan = meta["data"]["plan"]
+    assert plan["forget_per_batch"] == 4 and plan["retain_per_batch"] == 4
+    assert plan["steps"] == 12 and plan["rounds"] == 4 and meta["training"]["steps"] == 12
+    assert plan["forget_variants"] > 0 and plan["counterfactuals"] > 0  # split.json names the people
+    assert plan["select_retain"] > 0 and plan["select_forget"] > 0
+    assert len(meta["training"]["evals"]) == 4
+    assert meta["training"]["kept"] == "best" and meta["training"]["best"]["score"] == max(
+        e["score"] for e in meta["training"]["evals"])
+    assert meta["settings"]["prompt_init"] == "auto" and meta["settings"]["prompt_encoder"] == "none"
+    assert any("forget share 0.5" in e.get("message", "") for e in events)
+    assert load_bundle(tmp_path / "b").prompt.shape == (4, 64)
+
+
+def test_forget_share_conflicts_with_the_epoch_selection_flags(tiny_model_dir: Path, tmp_path: Path):
+    from spulctl.unlearn import UnlearnConfig
+
+    with pytest.raises(SpulError, match="--eval-every"):
+        UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / "b", forget=tmp_path / "f.jsonl", eval_every=1)
+    with pytest.raises(SpulError, match="--forget-share"):
+        UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / "b", forget=tmp_path / "f.jsonl", forget_share=2)
