@@ -82,19 +82,35 @@ def unlearn(
     splits: Annotated[Path | None, typer.Option(help="Splits dir: train_forget/train_retain (+test_* report).")] = None,
     retain_from: Annotated[Path | None, typer.Option(help="Unlabelled retain texts; the model labels them.")] = None,
     self_generate: Annotated[int, typer.Option(help="Without retain data: texts the model writes itself.")] = 256,
-    method: Annotated[str, typer.Option(help="spul | ga | rl | ga_kl | ga_gd")] = "spul",
+    method: Annotated[str, typer.Option(help="spul | ga | rl | ga_kl | ga_gd | hard_prompt | icul")] = "spul",
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", help="Soft prompt length p.")] = 30,
-    prompt_encoder: Annotated[str, typer.Option(help="none (prompt tuning) | mlp (P-tuning).")] = "mlp",
-    prompt_init: Annotated[str, typer.Option(help="random | vocab | text | entities (names from split.json).")]
-    = "vocab",
+    prompt_encoder: Annotated[str, typer.Option(help="none (prompt tuning) | mlp (P-tuning).")] = "none",
+    prompt_init: Annotated[str, typer.Option(help="auto (the names when known, else an instruction) | random | "
+                                                  "vocab | text | entities.")] = "auto",
     prompt_text: Annotated[str | None, typer.Option(help="Text for --prompt-init text.")] = None,
     alpha: Annotated[float, typer.Option(help="Weight of the retain CE, α.")] = 1.0,
     beta: Annotated[float, typer.Option(help="Weight of the retain KL, β.")] = 1.0,
     kl_direction: Annotated[str, typer.Option(help="forward = KL(r‖q) | reverse = KL(q‖r).")] = "forward",
     generic_labels: Annotated[str, typer.Option(help="Forget targets, comma-separated.")] = "neutral,unknown",
-    epochs: EpochsOpt = 10,
-    lr: LrOpt = 1e-4,
+    epochs: Annotated[int, typer.Option(help="Passes over the data (only with --forget-share 0).")] = 10,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the method's, 1e-2 for prompts, "
+                                                  "1e-4 for fine-tuning).")] = None,
     batch_size: BatchSizeOpt = 16,
+    forget_share: Annotated[float, typer.Option(help="Share of every batch that is forget rows; 0 = the data's own "
+                                                     "mix, epochs over all of it (the paper).")] = 0.5,
+    forget_passes: Annotated[float, typer.Option(help="Step budget: passes over the forget set.")] = 10.0,
+    min_steps: Annotated[int, typer.Option(help="Step budget: at least this many steps.")] = 100,
+    budget_steps: Annotated[int, typer.Option(help="Step budget: at most this many steps (--max-steps wins).")] = 600,
+    rounds: Annotated[int, typer.Option(help="Selection rounds (evaluations) over the budget.")] = 10,
+    augment: Annotated[bool, typer.Option(help="Train on case/punctuation/name variants of the forget records and "
+                                               "name-swapped counterfactuals as retain rows.")] = True,
+    forget_entities: Annotated[str, typer.Option(help="Names to forget, comma-separated (default: split.json's).")]
+    = "",
+    select: Annotated[bool, typer.Option(help="Score each round on slices that cost no forget record; keep the "
+                                              "best round; stop early once both sides hold.")] = True,
+    stop_forget_acc: Annotated[float, typer.Option(help="Stop rule: forget accuracy (%) on the selection "
+                                                        "slice.")] = 3.0,
+    stop_retain_drop: Annotated[float, typer.Option(help="Stop rule: retain drop (points) allowed.")] = 0.5,
     micro_batch: MicroBatchOpt = 0,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = 0.3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.001,
@@ -125,17 +141,21 @@ def unlearn(
     """Unlearn the forget set: SPUL soft prompt (default) or a fine-tuning baseline."""
     values = dict(locals())
     from spulctl.familiarize import LoraSettings
+    from spulctl.methods import get_method
     from spulctl.progress import RichEvents
     from spulctl.train import TrainConfig
     from spulctl.unlearn import UnlearnConfig
     from spulctl.unlearn import unlearn as run
 
     check_positive(epochs=epochs, batch_size=batch_size, retain_limit=retain_limit, max_steps=max_steps)
+    if lr is None:
+        values["lr"] = getattr(get_method(method), "default_lr", 1e-4)
     cfg = fill(
         UnlearnConfig, values, train=fill(TrainConfig, values), lora=LoraSettings(),
         generic_labels=tuple(g.strip() for g in generic_labels.split(",") if g.strip()),
         answer_only=not no_answer_only, shared_prefix=not no_shared_prefix, cached_reference=not no_cached_reference,
         cuda_graphs=not no_cuda_graphs, recipe=config,
+        forget_entities=tuple(e.strip() for e in forget_entities.split(",") if e.strip()),
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)

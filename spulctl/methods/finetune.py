@@ -29,6 +29,7 @@ class FineTuneBaseline:
     """
 
     artifact = "model"
+    default_lr = 1e-4
     uses_retain = False
     forget_weight = -1.0
     use_retain_ce = False

@@ -36,6 +36,7 @@ class _FixedPromptBaseline:
     artifact = "bundle"
     uses_retain = False
     trains = False
+    default_lr = 1e-2
 
     def __init__(self, ctx: UnlearnContext) -> None:
         self.ctx = ctx

@@ -24,6 +24,7 @@ class Spul:
 
     artifact = "bundle"
     uses_retain = True
+    default_lr = 1e-2
 
     def __init__(self, ctx: UnlearnContext) -> None:
         self.ctx = ctx
