@@ -148,7 +148,7 @@ def test_steps_with_kernels_match_torch(tiny_model_dir, demo_splits, tmp_path, m
         events: list[dict] = []
         cfg = UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / kernels, splits=demo_splits, method=method,
                             prompt_tokens=4, prompt_encoder="none", eval_limit=0, retain_limit=120,
-                            kernels=kernels, report_before=False, dtype="float32",
+                            kernels=kernels, report_before=False, dtype="float32", forget_share=0.0,
                             train=TrainConfig(lr=1e-2 if method == "spul" else 1e-3, epochs=1, batch_size=8,
                                               max_steps=steps, seed=1))
         unlearn(cfg, on_event=events.append)

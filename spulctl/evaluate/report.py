@@ -148,6 +148,17 @@ def _score_all(score: Callable[[list[dict], str], dict], name: str, records: dic
     return out
 
 
+def split_score(after: dict[str, dict], before: dict[str, dict]) -> float | None:
+    """The aggregate score (:func:`spulctl.selection.aggregate_score`) on the test splits, or None without them."""
+    from spulctl.selection import aggregate_score
+
+    need = ("test_retain", "test_forget")
+    if not all(k in after and k in before for k in need):
+        return None
+    return aggregate_score(after["test_retain"]["accuracy"], before["test_retain"]["accuracy"],
+                           after["test_forget"]["accuracy"], before["test_forget"]["accuracy"])
+
+
 def build_report(results: dict[str, dict[str, dict]], reference: str, subjects: list[Subject], splits: Path,
                  limit: int | None, gates: list | None = None, mia: dict[str, dict] | None = None) -> dict[str, Any]:
     """The machine-readable report (``report.json``)."""
@@ -163,6 +174,7 @@ def build_report(results: dict[str, dict[str, dict]], reference: str, subjects: 
         "subjects": [{"name": s.name, "model": s.model, "bundle": str(s.bundle) if s.bundle else None}
                      for s in subjects],
         "results": results, "deltas": deltas, "mia": mia or {},
+        "aggregate": {name: split_score(per_split, results.get(reference, {})) for name, per_split in results.items()},
         "gates": [g.__dict__ for g in gates or []],
     }
 
@@ -182,6 +194,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                          else f"{m['accuracy']:.1f}")
             cells.append("–" if m is None else f"{m['f1_weighted']:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    scores = {k: v for k, v in (report.get("aggregate") or {}).items() if v is not None and k != report["reference"]}
+    if scores:
+        lines += ["", f"Aggregate score vs `{report['reference']}` (harmonic mean of test_retain kept and test_forget "
+                  "removed, 0–100, higher is better):", "", "| subject | aggregate ↑ |", "| --- | ---: |"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])]
     lines += ["", "Restricted accuracy (argmax over label words) and generic/off-label answer shares:", "",
               "| subject | split | restricted % | generic % | off-label % |", "| --- | --- | ---: | ---: | ---: |"]
     for name, per_split in report["results"].items():

@@ -71,16 +71,18 @@ def run_sweep(base: Any, grid: dict[str, list[float]], out: Path, emit: Callable
 
 def write_sweep_outputs(rows: list[dict], out: Path) -> None:
     """``sweep.md`` (one row per cell) and ``sweep.png`` (accuracy vs each swept axis)."""
+    from spulctl.evaluate.report import split_score
     from spulctl.io import write_text_atomic
 
-    lines = ["| cell | test_retain acc % ↑ | test_forget acc % ↓ | forget restricted % | seconds |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for r in rows:
+    lines = ["| cell | test_retain acc % ↑ | test_forget acc % ↓ | forget restricted % | aggregate ↑ | seconds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(rows, key=lambda r: -(split_score(r["metrics"], r.get("before") or {}) or 0.0)):
         m = r["metrics"]
+        score = split_score(m, r.get("before") or {})
         lines.append(f"| {r['key']} | {m.get('test_retain', {}).get('accuracy', float('nan')):.1f} | "
                      f"{m.get('test_forget', {}).get('accuracy', float('nan')):.1f} | "
                      f"{m.get('test_forget', {}).get('restricted_accuracy', float('nan')):.1f} | "
-                     f"{r['train_seconds']:.0f} |")
+                     f"{'–' if score is None else f'{score:.1f}'} | {r['train_seconds']:.0f} |")
     write_text_atomic(out / "sweep.md", "\n".join(lines) + "\n")
     _plot(rows, out / "sweep.png")
 
