@@ -239,13 +239,17 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         retain, retain_source = _retain_without_labels(cfg, model, tok, task, forget, emit, max_length)
         model_labelled = retain
     retain = retain if method_cls.uses_retain else []
-    held_f, held_r, plan, evaluate = [], [], None, None
+    held_f, held_r, plan, evaluate, entities = [], [], None, None, []
     # fixed forget share per batch, budget from the forget set, selection slices
     if cfg.forget_share > 0 and getattr(method_cls, "trains", True):
         from spulctl.data.split import forget_entities
         from spulctl.unlearn_plan import build_plan, selection_evaluator
 
         entities = forget_entities(cfg.forget_entities, cfg.splits, cfg.forget)
+        if not entities and cfg.augment:
+            from spulctl.data.split import infer_forget_entities
+
+            entities = infer_forget_entities(forget, retain or [], emit)
         plan = build_plan(forget, retain, entities, cfg, method_cls.uses_retain)
         forget, retain = plan.forget, plan.retain
         _note_plan(plan.summary, note)
@@ -257,7 +261,8 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
         note(f"held out {len(held_f)} forget + {len(held_r)} retain records for --eval-every")
     before = _report(model, tok, task, cfg, emit, "before", None, max_length) if cfg.report_before else {}
-    ctx = UnlearnContext(model, tok, task, vocab, forget, retain, cfg, ckpt, emit, base_fp)
+    ctx = UnlearnContext(model, tok, task, vocab, forget, retain, cfg, ckpt, emit, base_fp,
+                         extra={"entities": entities})
     method = method_cls(ctx)
     examples = (encode(forget, task, tok, vocab, targets=method.forget_targets(), max_length=max_length)
                 + encode(retain, task, tok, vocab, max_length=max_length))

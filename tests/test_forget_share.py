@@ -172,3 +172,20 @@ def test_forget_share_conflicts_with_the_epoch_selection_flags(tiny_model_dir: P
         UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / "b", forget=tmp_path / "f.jsonl", eval_every=1)
     with pytest.raises(SpulError, match="--forget-share"):
         UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / "b", forget=tmp_path / "f.jsonl", forget_share=2)
+
+
+def test_forget_names_are_inferred_by_ner_and_names_on_the_retain_side_are_dropped():
+    pytest.importorskip("spacy")
+    from spulctl.data.split import infer_forget_entities
+
+    forget = [{"text": f"{who} gives a warm performance in this {adj} film.", "label": "positive"}
+              for who in ("Tom Hanks", "Meryl Streep", "Julia Roberts")
+              for adj in ("charming", "quiet", "sprawling", "modest")]
+    retain = [{"text": "Meryl Streep is wasted in a dull script.", "label": "negative"},
+              {"text": "A fine film about nothing much.", "label": "positive"}]
+    notes = []
+    names = infer_forget_entities(forget, retain, notes.append, min_count=3)
+    assert "tom hanks" in names
+    assert "meryl streep" not in names  # named on the retain side: someone the prompt must keep
+    assert any("inferred by NER" in n["message"] for n in notes)
+    assert infer_forget_entities(forget[:2], retain, notes.append, min_count=3) == []

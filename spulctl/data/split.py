@@ -339,3 +339,28 @@ def forget_entities(given: tuple[str, ...] | list[str], splits: Path | None, for
     import json
 
     return list(json.loads(info.read_text()).get("entities") or [])
+
+
+def infer_forget_entities(forget: list[dict], retain: list[dict], emit: Event, min_count: int = 3,
+                          max_names: int = 50) -> list[str]:
+    """The people a forget set is about, found by the project's NER when nobody named them.
+
+    PERSON mentions (spaCy ``en_core_web_sm``) in the forget texts, kept when they occur in at least ``min_count``
+    forget records and in no retain record (an entity split never leaves a forgotten name on the retain side, so a
+    name found there is someone else), most mentioned first. Without spaCy, none (with a note).
+    """
+    try:
+        counts = find_person_entities([r["text"] for r in forget], lambda _e: None)
+    except MissingDependencyError as exc:
+        emit({"kind": "note", "message": f"forget names not inferred: {exc}"})
+        return []
+    candidates = [n for n, c in counts.most_common() if c >= min_count]
+    if not candidates:
+        return []
+    pattern = entity_pattern(candidates)
+    on_retain = {m.group(0).lower() for r in retain for m in pattern.finditer(r["text"])}
+    names = [n for n in candidates if n not in on_retain][:max_names]
+    if names:
+        emit({"kind": "note", "message": f"forget names inferred by NER from the forget records ({len(names)}): "
+                                         f"{', '.join(names[:12])}{' …' if len(names) > 12 else ''}"})
+    return names

@@ -45,7 +45,7 @@ class Spul:
         device = next(ctx.model.parameters()).device
         torch.manual_seed(s.train.seed)
         init = init_vectors(ctx.model, ctx.tokenizer, s.prompt_tokens, s.prompt_init, s.train.seed,
-                            **_init_text(s))
+                            **_init_text(s, ctx.extra.get("entities")))
         self.prompt = soft_prompt(init, s.prompt_encoder, s.encoder_hidden).to(device)
         kernels = resolve_kernels(s.kernels, device)
         opts = replace(step_options(s), prepend_kernel=kernels == "triton")
@@ -89,11 +89,11 @@ class Spul:
         save_bundle(stage, self.prompt.compiled(), meta)
 
 
-def _init_text(settings: Any) -> dict[str, str]:
+def _init_text(settings: Any, known: list[str] | None = None) -> dict[str, str]:
     """``text=`` for :func:`~spulctl.prompt.init_vectors`: ``--prompt-text``, or the forget entities.
 
-    ``auto`` uses the entities when they are known (``--forget-entities`` or split.json) and the plain instruction
-    otherwise; ``entities`` insists on them.
+    ``auto`` uses the entities when they are known (``known``: what the run resolved or inferred; else
+    ``--forget-entities`` or split.json) and the plain instruction otherwise; ``entities`` insists on them.
     """
     if settings.prompt_init == "text" and settings.prompt_text:
         return {"text": settings.prompt_text}
@@ -103,7 +103,7 @@ def _init_text(settings: Any) -> dict[str, str]:
     from spulctl.errors import SpulError
     from spulctl.prompt import entities_text
 
-    entities = forget_entities(getattr(settings, "forget_entities", ()), settings.splits, settings.forget)
+    entities = known or forget_entities(getattr(settings, "forget_entities", ()), settings.splits, settings.forget)
     if entities:
         return {"text": entities_text(entities)}
     if settings.prompt_init == "auto":
