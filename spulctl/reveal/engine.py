@@ -1,0 +1,255 @@
+"""The reveal loop: pick instructions, sample, score, keep, learn — until N records are kept or the budget is spent.
+
+Each round the bandit picks ``arms_per_round`` instructions; every one is sampled ``samples_per_arm`` times in one
+left-padded batch. A picked instruction's reward is the harmonic mean of the relevance and the diversity of its own
+texts. Kept records are streamed to a checkpoint folder beside the output (``.<out>.ckpt/``), so a large budget holds
+only the kept texts' embeddings in memory and an interrupted run continues with ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spulctl.errors import DataError
+from spulctl.io import write_json_atomic
+from spulctl.reveal import generate as gen
+from spulctl.reveal import instructions as ins
+from spulctl.reveal import scoring as sc
+from spulctl.reveal.config import RevealConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+Emit = Callable[[dict], None]
+
+
+class RevealRun:
+    """One run's state: the instruction pool, the bandit, the kept records and the per-round report.
+
+    Args:
+        checkpoint: folder for ``records.jsonl`` (kept records, appended) and ``state.json`` (after every round);
+            None keeps everything in memory (library use).
+    """
+
+    def __init__(self, model: nn.Module, tok: Any, cfg: RevealConfig, emit: Emit | None = None,
+                 checkpoint: Path | None = None) -> None:
+        gen.check_prompting(tok, cfg.plain_prompt, cfg.model)
+        self.model, self.tok, self.cfg = model, tok, cfg
+        self.emit = emit or (lambda _e: None)
+        self.ckpt = checkpoint
+        self.mode = cfg.mode.value
+        self.records: list[dict] = []
+        self.rounds: list[dict] = []
+        self.history: list[tuple[int, float]] = []
+        self.generated = 0
+        self.seen: set[str] = set()
+        self.kept_vecs: Any = None  # (k, e) unit embeddings of the kept texts
+        self.names = None
+        if cfg.entities:
+            from spulctl.data.split import entity_pattern
+
+            self.names = entity_pattern(cfg.entities)
+        anchors = [a for a in [cfg.target, *cfg.examples] if a]
+        self.anchors = sc.embed(anchors, cfg.embedder) if anchors else None
+        self.pool: list[str] = []
+
+    # ------------------------------------------------------------ setup
+    def _state_path(self) -> Path | None:
+        return self.ckpt / "state.json" if self.ckpt else None
+
+    def _setup(self) -> None:
+        """Build (or, resuming, reload) the pool, embed it and make the bandit."""
+        import torch
+
+        from spulctl.reveal.bandit import make_bandit
+
+        state = self._load_state()
+        if state is None:
+            self.pool = ins.build_pool(self.mode, self.cfg.describe_target(), self.cfg.entities, self.cfg.seed)
+            self.pool += self._paraphrases()
+        feats = torch.from_numpy(sc.embed(self.pool, self.cfg.embedder))  # (K, e)
+        self.prompts = [gen.format_prompt(self.tok, i) for i in self.pool]
+        self.bandit = make_bandit(self.cfg.bandit.value, feats, self.cfg.lam, self.cfg.nu, self.cfg.seed)
+        if self.history:
+            self.bandit.restore([a for a, _ in self.history], [r for _, r in self.history])
+        if self.ckpt:
+            self.ckpt.mkdir(parents=True, exist_ok=True)
+            self._save_state()
+
+    def _paraphrases(self) -> list[str]:
+        """Ask the model to reword some pool instructions; keep those that still carry the target constraint."""
+        if self.cfg.paraphrases < 1:
+            return []
+        rng = random.Random(self.cfg.seed + 1)
+        picked = rng.sample(self.pool, min(self.cfg.paraphrases, len(self.pool)))
+        requests = [gen.format_prompt(self.tok, ins.PARAPHRASE_REQUEST.format(instruction=p)) for p in picked]
+        raw = gen.sample(self.model, self.tok, requests, seed=self.cfg.seed + 7, max_new_tokens=40,
+                         temperature=0.8, top_p=self.cfg.top_p)
+        known = {gen.normalise(p) for p in self.pool}
+        out = []
+        for text in raw:
+            para = ins.clean_paraphrase(text)
+            if para and gen.normalise(para) not in known and ins.keeps_constraint(
+                    para, self.mode, self.cfg.describe_target(), self.names):
+                known.add(gen.normalise(para))
+                out.append(para)
+        self.emit({"kind": "note", "message": f"instruction pool: {len(self.pool)} templates + {len(out)} of "
+                                              f"{len(picked)} model paraphrases kept"})
+        return out
+
+    # ------------------------------------------------------------ checkpoint
+    def _load_state(self) -> dict | None:
+        path = self._state_path()
+        if not (self.cfg.resume and path and path.exists()):
+            return None
+        state = json.loads(path.read_text())
+        if state["config"] != self.cfg.to_dict():
+            raise DataError(f"--resume: {self.ckpt} was made with other options; drop --resume to start over")
+        self.pool, self.generated, self.rounds = state["pool"], state["generated"], state["rounds"]
+        self.history = [(int(a), float(r)) for a, r in state["history"]]
+        lines = (self.ckpt / "records.jsonl").read_text().splitlines()[: state["kept"]]  # drop a torn tail
+        self.records = [json.loads(ln) for ln in lines]
+        self._write_records(self.records, mode="w")
+        self.seen = {gen.normalise(r["text"]) for r in self.records}
+        if self.records:
+            self.kept_vecs = sc.embed([r["text"] for r in self.records], self.cfg.embedder)
+        self.emit({"kind": "note", "message": f"resuming: {len(self.records)} kept, {self.generated} generated, "
+                                              f"round {len(self.rounds)}"})
+        return state
+
+    def _save_state(self) -> None:
+        path = self._state_path()
+        if path:
+            write_json_atomic(path, {"config": self.cfg.to_dict(), "pool": self.pool, "generated": self.generated,
+                                     "kept": len(self.records), "history": self.history, "rounds": self.rounds})
+
+    def _write_records(self, records: list[dict], mode: str = "a") -> None:
+        if self.ckpt:
+            with open(self.ckpt / "records.jsonl", mode, encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> list[dict]:
+        """Generate until ``cfg.n`` records are kept or ``cfg.budget`` texts were generated.
+
+        Raises:
+            DataError: the budget is spent and not one relevant text came out.
+        """
+        self._setup()
+        cfg = self.cfg
+        self.emit({"kind": "reveal-start", "total": cfg.n, "budget": cfg.budget, "kept": len(self.records),
+                   "generated": self.generated})
+        while len(self.records) < cfg.n and self.generated < cfg.budget:
+            self._round(len(self.rounds) + 1)
+        if not self.records:
+            raise DataError(f"reveal: the model produced no relevant text for {self.cfg.describe_target()!r} in "
+                            f"{self.generated} generated texts (budget spent); nothing written — try --target/"
+                            f"--examples, a larger --budget or a lower --min-confidence")
+        if len(self.records) < cfg.n:
+            self.emit({"kind": "note", "message": f"budget spent: kept {len(self.records)} of {cfg.n} records"})
+        return self.records
+
+    def _round(self, rnd: int) -> None:
+        cfg, start = self.cfg, time.perf_counter()
+        left = cfg.budget - self.generated
+        arms = self.bandit.select(min(cfg.arms_per_round, math.ceil(left / cfg.samples_per_arm)))
+        owner = [j for j in range(len(arms)) for _ in range(cfg.samples_per_arm)][:left]  # arm slot per sample
+        raw = gen.sample(self.model, self.tok, [self.prompts[arms[j]] for j in owner], seed=cfg.seed * 100_003 + rnd,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        self.generated += len(raw)
+        cleaned = [gen.clean(r) for r in raw]
+        usable = [i for i, c in enumerate(cleaned) if c]
+        texts = [cleaned[i] for i in usable]
+        vecs = sc.embed(texts, cfg.embedder)  # (u, e)
+        answers = sc.answer(self.model, self.tok, cfg.task, texts, cfg.batch_size) if texts else None
+        hit = sc.on_target(texts, vecs, self.names, self.anchors, cfg.similarity)
+        rel = sc.relevant(hit, answers.confidence, cfg.min_confidence, self.mode) if answers else hit
+        slot = [owner[i] for i in usable]
+        stats = [self._arm_stats(j, slot, rel, vecs, owner.count(j)) for j in range(len(arms))]
+        self.bandit.update(arms, [s["reward"] for s in stats])
+        self.history += [(a, s["reward"]) for a, s in zip(arms, stats, strict=True)]
+        new = self._keep(texts, vecs, rel, answers, slot, arms, stats, rnd)
+        row = {"round": rnd, "instructions": [self.pool[a] for a in arms], "generated": len(raw),
+               "usable": len(texts), "relevant": int(rel.sum()), "kept": len(new),
+               "relevance": _mean(s["relevance"] for s in stats), "diversity": _mean(s["diversity"] for s in stats),
+               "reward": _mean(s["reward"] for s in stats), "total_kept": len(self.records),
+               "total_generated": self.generated, "seconds": round(time.perf_counter() - start, 3)}
+        self.rounds.append(row)
+        self._write_records(new)
+        self._save_state()
+        self.emit({"kind": "reveal-round", "round": rnd, "kept": len(self.records), "generated": self.generated,
+                   "reward": row["reward"], "total": cfg.n, "budget": cfg.budget})
+
+    def _arm_stats(self, j: int, slot: list[int], rel: Any, vecs: Any, produced: int) -> dict[str, float]:
+        rows = [t for t, s in enumerate(slot) if s == j]
+        relevance = float(rel[rows].sum()) / produced if produced else 0.0
+        diversity = sc.diversity(vecs[rows], produced, self.kept_vecs)
+        return {"relevance": relevance, "diversity": diversity, "reward": sc.harmonic(relevance, diversity)}
+
+    def _keep(self, texts: list[str], vecs: Any, rel: Any, answers: Any, slot: list[int], arms: list[int],
+              stats: list[dict], rnd: int) -> list[dict]:
+        """Append the round's relevant texts that are neither exact nor near duplicates of a kept one."""
+        import numpy as np
+
+        new = []
+        for t, text in enumerate(texts):
+            key = gen.normalise(text)
+            if len(self.records) >= self.cfg.n or not rel[t] or key in self.seen:
+                continue
+            if sc.near_duplicate(vecs[t], self.kept_vecs, self.cfg.dedup_similarity):
+                continue
+            self.seen.add(key)
+            self.kept_vecs = vecs[t:t + 1] if self.kept_vecs is None else np.vstack([self.kept_vecs, vecs[t:t + 1]])
+            s = stats[slot[t]]
+            rec = {"text": text, "label": self.cfg.task.label_words[int(answers.label[t])],
+                   "instruction": self.pool[arms[slot[t]]], "round": rnd, "relevance": round(s["relevance"], 4),
+                   "reward": round(s["reward"], 4), "confidence": round(float(answers.confidence[t]), 4),
+                   "mode": self.mode, "source": "reveal"}
+            self.records.append(rec)
+            new.append(rec)
+        return new
+
+
+def _mean(values: Any) -> float:
+    vals = list(values)
+    return round(sum(vals) / len(vals), 4) if vals else 0.0
+
+
+def generate_records(model: nn.Module, tok: Any, cfg: RevealConfig, emit: Emit | None = None,
+                     checkpoint: Path | None = None) -> list[dict]:
+    """Self-generate ``cfg.n`` records with an already-loaded model (what ``unlearn`` calls without data).
+
+    Args:
+        model: the frozen causal LM (its chat template, or ``cfg.plain_prompt``, formats the instructions).
+        tok: its tokenizer.
+        cfg: target, mode, budget, bandit and scoring options (``cfg.model``/``cfg.out`` are not used here).
+        emit: progress callback (``reveal-start``, ``reveal-round``, ``note`` events).
+        checkpoint: optional folder to stream kept records and state into.
+
+    Returns:
+        Kept records: ``text``, ``label`` (the model's restricted prediction), ``instruction``, ``round``,
+        ``relevance``, ``reward``, ``confidence``, ``mode``, ``source``.
+
+    Raises:
+        ModelError: no chat template and not ``cfg.plain_prompt``.
+        DataError: no relevant text within the budget.
+    """
+    return RevealRun(model, tok, cfg, emit, checkpoint).run()
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its checkpoint."""
+    return out.parent / f".{out.name}.ckpt"
+
+
+def drop_checkpoint(path: Path | None) -> None:
+    """Remove a checkpoint folder (after success, or after a failure that must leave nothing behind)."""
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
