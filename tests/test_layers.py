@@ -11,13 +11,13 @@ Floors, top to bottom (room: module prefixes; the exact table is ``LAYERS`` belo
 
 9. cli: spulctl.cli, spulctl.__main__, the spulctl package facade (its lazy ``load_bundle``)
 8. pipeline, one function per command: spulctl.pipeline, .unlearn, .unlearn_plan, .familiarize, .evaluate.sweep
-7. methods: spulctl.methods | reveal: spulctl.data.selfgen, spulctl.reveal, spulctl.selection
+7. methods: spulctl.methods | reveal: spulctl.data.selfgen, spulctl.reveal
 6. evaluate: spulctl.evaluate
 5. export: spulctl.export, spulctl.bundle_peft | train: spulctl.train
 4. bundle: spulctl.bundle | split: spulctl.data.split
 3. step: spulctl.step, .loss, .attention, .lean_mlp, .prompt, .cuda_graphs
 2. kernels: spulctl.kernels (the kernels/ folder) | models: spulctl.models | data: spulctl.data (records, tasks,
-   readers) | config: spulctl.config
+   readers) | config: spulctl.config | selection: spulctl.selection (scores and stop rules, plain numbers)
 1. base: spulctl.errors, spulctl.io, spulctl.progress, and ``from spulctl import __version__``
 
 A new module must be placed in the table (the test says so); a failing import means: move the shared piece one
@@ -40,14 +40,13 @@ LAYERS: list[tuple[str, int, str]] = [
     ("spulctl.pipeline", 8, "pipeline"), ("spulctl.unlearn", 8, "pipeline"), ("spulctl.unlearn_plan", 8, "pipeline"),
     ("spulctl.familiarize", 8, "pipeline"), ("spulctl.evaluate.sweep", 8, "pipeline"),
     ("spulctl.methods", 7, "methods"), ("spulctl.data.selfgen", 7, "reveal"), ("spulctl.reveal", 7, "reveal"),
-    ("spulctl.selection", 7, "reveal"),
     ("spulctl.evaluate", 6, "evaluate"),
     ("spulctl.export", 5, "export"), ("spulctl.bundle_peft", 5, "export"), ("spulctl.train", 5, "train"),
     ("spulctl.bundle", 4, "bundle"), ("spulctl.data.split", 4, "split"),
     ("spulctl.step", 3, "step"), ("spulctl.loss", 3, "step"), ("spulctl.attention", 3, "step"),
     ("spulctl.lean_mlp", 3, "step"), ("spulctl.prompt", 3, "step"), ("spulctl.cuda_graphs", 3, "step"),
     ("spulctl.kernels", 2, "kernels"), ("spulctl.models", 2, "models"), ("spulctl.data", 2, "data"),
-    ("spulctl.config", 2, "config"),
+    ("spulctl.config", 2, "config"), ("spulctl.selection", 2, "selection"),
     ("spulctl.errors", 1, "base"), ("spulctl.io", 1, "base"), ("spulctl.progress", 1, "base"),
     ("spulctl", 1, "base"),  # `from spulctl import __version__`
 ]
