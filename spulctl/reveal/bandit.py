@@ -92,11 +92,15 @@ class NeuralUCB:
         return mu, bonus
 
     def select(self, k: int = 1) -> list[int]:
-        """``k`` arms, one at a time: each pick adds its g² to U before the next, so a batch spreads out."""
-        picks = []
+        """``k`` arms, one at a time: each pick adds its g² to U before the next (shrinking the bonus of arms
+        like it), and an arm is not repeated within a call while unpicked arms remain."""
+        picks: list[int] = []
         for _ in range(k):
             mu, bonus = self.ucb()
-            arm = int((mu + bonus).argmax())
+            score = mu + bonus  # (K,)
+            if len(picks) < len(score):
+                score[picks] = float("-inf")
+            arm = int(score.argmax())
             picks.append(arm)
             self.u += self._grads(self.x[arm:arm + 1])[0].pow(2)
         return picks

@@ -100,7 +100,7 @@ def clean(raw: str, max_sentences: int = 2) -> str | None:
 
 def normalise(text: str) -> str:
     """Lower-case words only: the key for exact-duplicate removal."""
-    return " ".join(re.findall(r"\w+", text.lower()))
+    return " ".join(re.findall(r"\w+", re.sub(r"['’]", "", text.lower())))
 
 
 def describe_model_error(exc: Exception) -> ModelError:

@@ -1,0 +1,250 @@
+"""Reveal: bandit, scores, clean-up, determinism, bad input and the CLI, on the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from spulctl.cli import app
+from spulctl.errors import DataError
+from spulctl.reveal import RevealConfig, generate_records
+from spulctl.reveal import scoring as sc
+from spulctl.reveal.generate import clean, normalise
+
+CHAT = ("{% for m in messages %}<eos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}")
+FAST = dict(embedder="shingle", paraphrases=2, arms_per_round=2, samples_per_arm=3, max_new_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a chat template in its tokenizer."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-chat")
+    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.chat_template = CHAT
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chat_frozen(frozen):
+    model, tok = frozen
+    tok = type(tok).from_pretrained(tok.name_or_path) if tok.name_or_path else tok
+    tok.chat_template = CHAT
+    return model, tok
+
+
+# ---------------------------------------------------------------- bandit
+def _regret(kind: str, rounds: int = 200) -> float:
+    import torch
+
+    from spulctl.reveal.bandit import NeuralUCB, RandomBandit
+
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(40, 8), dim=1)  # (K, e) arm features
+    hidden = torch.nn.functional.normalize(torch.randn(8), dim=0)
+    true = (x @ hidden) ** 2  # (K,) a reward no linear model fits
+    bandit = NeuralUCB(x, seed=0) if kind == "neuralucb" else RandomBandit(x, seed=0)
+    noise, regret = random.Random(1), 0.0
+    for _ in range(rounds):
+        arm = bandit.select(1)[0]
+        regret += float(true.max() - true[arm])
+        bandit.update([arm], [float(true[arm]) + noise.gauss(0, 0.1)])
+    return regret
+
+
+def test_neuralucb_has_lower_regret_than_uniform_choice():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny MLP: threads only add overhead
+    try:
+        ucb, uniform = _regret("neuralucb"), _regret("random")
+    finally:
+        torch.set_num_threads(threads)
+    assert ucb < 0.6 * uniform, (ucb, uniform)
+
+
+def test_batched_picks_spread_out():
+    import torch
+
+    from spulctl.reveal.bandit import NeuralUCB
+
+    x = torch.eye(6)
+    picks = NeuralUCB(x, seed=0).select(3)
+    assert len(set(picks)) == 3  # no repeats within one call while other arms remain
+
+
+# ---------------------------------------------------------------- scores
+def test_vendi_identical_is_one_and_orthogonal_is_n():
+    same = np.tile(np.array([[0.6, 0.8, 0.0]], np.float32), (5, 1))
+    assert sc.vendi_score(same) == pytest.approx(1.0, abs=1e-6)
+    assert sc.vendi_score(np.eye(7, dtype=np.float32)) == pytest.approx(7.0, abs=1e-6)
+    assert sc.vendi_score(np.zeros((0, 3), np.float32)) == 0.0
+
+
+def test_novelty_and_diversity():
+    eye = np.eye(4, dtype=np.float32)
+    assert sc.novelty(eye[:2], None) == 1.0
+    assert sc.novelty(eye[:2], eye[:2]) == pytest.approx(0.0)
+    assert sc.novelty(eye[:2], eye[2:]) == pytest.approx(1.0)
+    assert sc.diversity(eye[:2], 4, None) == pytest.approx(0.5)  # 2 usable of 4 produced, orthogonal
+    assert sc.harmonic(0.0, 1.0) == 0.0 and sc.harmonic(0.5, 0.5) == pytest.approx(0.5)
+
+
+def test_relevance_names_word_boundaries_case_and_task():
+    from spulctl.data.split import entity_pattern
+
+    names = entity_pattern(["Adam Sandler", "Ford"])
+    texts = ["adam sandler was great.", "Fordham is a school.", "Harrison FORD, wow!", "A dull film with Adam.",
+             "Adam Sandler again."]
+    vecs = sc.embed(texts, "shingle")
+    hit = sc.on_target(texts, vecs, names, None, 0.5)
+    assert hit.tolist() == [True, False, True, False, True]
+    conf = np.array([0.9, 0.9, 0.7, 0.95, 0.55])  # the last one: the model is unsure, so it is off task
+    assert sc.relevant(hit, conf, 0.6, "forget").tolist() == [True, False, True, False, False]
+    assert sc.relevant(hit, conf, 0.6, "retain").tolist() == [False, True, False, True, False]
+
+
+def test_relevance_by_meaning_against_anchors():
+    anchors = sc.embed(["the space opera with the laser swords"], "shingle")
+    texts = ["A space opera with laser swords, great fun.", "Cooking pasta at home."]
+    hit = sc.on_target(texts, sc.embed(texts, "shingle"), None, anchors, 0.5)
+    assert hit.tolist() == [True, False]
+
+
+def test_clean_strips_markup_lead_ins_and_keeps_two_sentences():
+    raw = 'Sure! Here is a review:\n**Review:** "What a film. The cast shines. The end drags on." \n\nThanks'
+    assert clean(raw) == "What a film. The cast shines."
+    assert clean("Ok.") is None  # too short
+    assert clean("- Movie review: a charming, funny little film") == "a charming, funny little film"
+    assert normalise("It's GREAT!") == normalise("its great")
+
+
+def test_answers_give_a_label_word_and_confidence(frozen):
+    from spulctl.data.task import TaskSpec
+
+    model, tok = frozen
+    ans = sc.answer(model, tok, TaskSpec(), ["a fine film", "awful acting and a dull plot"])
+    assert ans.label.shape == (2,) and set(ans.label.tolist()) <= {0, 1}
+    assert np.all(ans.confidence >= 0.5) and np.all(ans.confidence <= 1.0)
+    assert np.all(ans.label_mass > 0) and np.all(ans.label_mass <= 1.0)
+
+
+# ---------------------------------------------------------------- the loop
+def _retain_cfg(**kw) -> RevealConfig:
+    base = dict(entities=["Jonah Pellegrino"], mode="retain", n=6, budget=24, min_confidence=0.5, seed=3, **FAST)
+    return RevealConfig(**{**base, **kw})
+
+
+def test_same_seed_same_records(chat_frozen):
+    model, tok = chat_frozen
+    first = generate_records(model, tok, _retain_cfg())
+    second = generate_records(model, tok, _retain_cfg())
+    other = generate_records(model, tok, _retain_cfg(seed=4))
+    assert first and first == second
+    assert [r["text"] for r in first] != [r["text"] for r in other]
+    rec = first[0]
+    assert {"text", "label", "instruction", "round", "relevance", "reward"} <= set(rec)
+    assert rec["label"] in ("negative", "positive")
+    assert len({normalise(r["text"]) for r in first}) == len(first)
+    assert not any("jonah pellegrino" in r["text"].lower() for r in first)
+
+
+def test_random_bandit_runs(chat_frozen):
+    model, tok = chat_frozen
+    assert generate_records(model, tok, _retain_cfg(bandit="random", n=3, budget=12))
+
+
+def test_target_never_produced_is_an_error(chat_frozen):
+    model, tok = chat_frozen
+    cfg = RevealConfig(entities=["Zyxwvut Qqqq"], n=3, budget=6, **FAST)
+    with pytest.raises(DataError, match="no relevant text"):
+        generate_records(model, tok, cfg)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(entities=[" "], target=""), "target is empty"),
+                                       (dict(entities=["A B"], n=0), "-n|--n"),
+                                       (dict(entities=["A B"], mode="both"), "--mode"),
+                                       (dict(entities=["A B"], n=5, budget=2), "--budget")])
+def test_config_refuses_bad_values(kw, match):
+    with pytest.raises(DataError, match=match):
+        RevealConfig(**kw)
+
+
+# ---------------------------------------------------------------- CLI
+def _cli(*args: str):
+    return CliRunner().invoke(app, ["reveal", *args])
+
+
+def _one_line_exit_2(result, out: Path) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip() and "Loading weights" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+
+
+def test_cli_writes_records_report_and_plot(chat_model_dir: Path, tmp_path: Path):
+    out = tmp_path / "revealed.jsonl"
+    args = ["--model", str(chat_model_dir), "--entities", "Jonah Pellegrino", "--mode", "retain", "-n", "4",
+            "--budget", "18", "-o", str(out), "--min-confidence", "0.5", "--embedder", "shingle", "--paraphrases",
+            "2", "--arms-per-round", "2", "--samples-per-arm", "3", "--max-new-tokens", "16", "--plot"]
+    result = _cli(*args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert 1 <= len(rows) <= 4
+    report = json.loads((tmp_path / "revealed.report.json").read_text())
+    assert report["kept"] == len(rows) and report["per_round"] and report["config"]["mode"] == "retain"
+    assert (tmp_path / "revealed.reward.png").stat().st_size > 0
+    assert not list(tmp_path.glob(".revealed.jsonl*"))  # no checkpoint left
+    assert _cli(*args).exit_code == 2  # no overwrite without --overwrite
+    assert _cli(*args, "--overwrite").exit_code == 0
+
+
+def test_cli_bad_input_exit_2_one_line_nothing_written(tiny_model_dir: Path, chat_model_dir: Path,
+                                                       tmp_path: Path):
+    out = tmp_path / "r.jsonl"
+    base = ["-o", str(out), "--embedder", "shingle", "--paraphrases", "0", "--max-new-tokens", "8"]
+    _one_line_exit_2(_cli("--model", str(chat_model_dir), "--entities", " , ", *base), out)
+    _one_line_exit_2(_cli("--model", str(chat_model_dir), "--entities", "Ann Lee", "-n", "0", *base), out)
+    no_chat = _cli("--model", str(tiny_model_dir), "--entities", "Ann Lee", "-n", "2", "--budget", "4", *base)
+    _one_line_exit_2(no_chat, out)
+    assert "chat template" in no_chat.output and "--plain-prompt" in no_chat.output
+    never = _cli("--model", str(tiny_model_dir), "--plain-prompt", "--entities", "Zyxwvut Qqqq", "-n", "2",
+                 "--budget", "4", *base)
+    _one_line_exit_2(never, out)
+    assert "no relevant text" in never.output
+
+
+def test_cli_resume_continues_from_checkpoint(chat_model_dir: Path, tmp_path: Path, monkeypatch):
+    from spulctl.reveal import engine
+
+    out = tmp_path / "r.jsonl"
+    args = ["--model", str(chat_model_dir), "--entities", "Jonah Pellegrino", "--mode", "retain", "-n", "6",
+            "--budget", "24", "-o", str(out), "--min-confidence", "0.5", "--embedder", "shingle", "--paraphrases",
+            "0", "--arms-per-round", "2", "--samples-per-arm", "3", "--max-new-tokens", "16"]
+    real, calls = engine.RevealRun._round, []
+
+    def interrupted(self, rnd):
+        calls.append(rnd)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, rnd)
+
+    monkeypatch.setattr(engine.RevealRun, "_round", interrupted)
+    assert _cli(*args).exit_code == 130
+    assert not out.exists() and (tmp_path / ".r.jsonl.ckpt" / "state.json").exists()
+    monkeypatch.setattr(engine.RevealRun, "_round", real)
+    result = _cli(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.report.json").read_text())
+    assert report["per_round"][0]["round"] == 1 and report["generated"] <= 24
