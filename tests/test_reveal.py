@@ -253,3 +253,18 @@ def test_cli_resume_continues_from_checkpoint(chat_model_dir: Path, tmp_path: Pa
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.report.json").read_text())
     assert report["per_round"][0]["round"] == 1 and report["generated"] <= 24
+
+
+def test_paraphrases_must_stay_instructions_with_the_constraint():
+    from spulctl.data.split import entity_pattern
+    from spulctl.reveal.instructions import FORGET_TEMPLATES, RETAIN_TEMPLATES, clean_paraphrase, keeps_constraint
+
+    assert len(FORGET_TEMPLATES) >= 40 and len(RETAIN_TEMPLATES) >= 40
+    names = entity_pattern(["Tom Hanks"])
+    assert keeps_constraint("Compose one line on a film with tom hanks.", "forget", "Tom Hanks", names)
+    assert not keeps_constraint("Tom Hanks was wonderful in it.", "forget", "Tom Hanks", names)  # an answer
+    assert not keeps_constraint("Write one line about a film.", "forget", "Tom Hanks", names)  # target lost
+    assert keeps_constraint("Please write a line about a movie.", "retain", "Tom Hanks", names)
+    assert not keeps_constraint("Please write a line about a Tom Hanks movie.", "retain", "Tom Hanks", names)
+    assert clean_paraphrase('Sure, here it is: "Write a short line about a movie."\nmore') == \
+        "Write a short line about a movie."

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from spulctl.errors import DataError, OutputExistsError
 from spulctl.reveal.config import BanditKind, Mode, RevealConfig, RevealResult
-from spulctl.reveal.engine import RevealRun, checkpoint_dir, drop_checkpoint, generate_records
+from spulctl.reveal.engine import NothingRevealedError, RevealRun, checkpoint_dir, drop_checkpoint, generate_records
 
-__all__ = ["BanditKind", "Mode", "RevealConfig", "RevealResult", "generate_records", "reveal"]
+__all__ = ["BanditKind", "Mode", "NothingRevealedError", "RevealConfig", "RevealResult", "generate_records",
+           "reveal"]
 
 
 def reveal(cfg: RevealConfig, on_event: Callable[[dict], None] | None = None) -> RevealResult:
@@ -56,7 +57,7 @@ def reveal(cfg: RevealConfig, on_event: Callable[[dict], None] | None = None) ->
     run = RevealRun(model, tok, cfg, emit, ckpt)
     try:
         records = run.run()
-    except DataError:
+    except NothingRevealedError:
         drop_checkpoint(ckpt)  # a run that revealed nothing leaves nothing behind
         raise
     seconds = time.perf_counter() - start

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 Emit = Callable[[dict], None]
 
 
+class NothingRevealedError(DataError):
+    """The budget is spent and not one relevant text came out (the run leaves nothing behind)."""
+
+
 class RevealRun:
     """One run's state: the instruction pool, the bandit, the kept records and the per-round report.
 
@@ -149,9 +153,10 @@ class RevealRun:
         while len(self.records) < cfg.n and self.generated < cfg.budget:
             self._round(len(self.rounds) + 1)
         if not self.records:
-            raise DataError(f"reveal: the model produced no relevant text for {self.cfg.describe_target()!r} in "
-                            f"{self.generated} generated texts (budget spent); nothing written — try --target/"
-                            f"--examples, a larger --budget or a lower --min-confidence")
+            raise NothingRevealedError(
+                f"reveal: the model produced no relevant text for {self.cfg.describe_target()!r} in {self.generated} "
+                "generated texts (budget spent); nothing written — try --target/--examples, a larger --budget or a "
+                "lower --min-confidence")
         if len(self.records) < cfg.n:
             self.emit({"kind": "note", "message": f"budget spent: kept {len(self.records)} of {cfg.n} records"})
         return self.records
@@ -239,7 +244,7 @@ def generate_records(model: nn.Module, tok: Any, cfg: RevealConfig, emit: Emit |
 
     Raises:
         ModelError: no chat template and not ``cfg.plain_prompt``.
-        DataError: no relevant text within the budget.
+        NothingRevealedError: (a DataError) no relevant text within the budget.
     """
     return RevealRun(model, tok, cfg, emit, checkpoint).run()
 

@@ -108,6 +108,10 @@ OTHER_PEOPLE: tuple[str, ...] = (
 )
 
 PARAPHRASE_REQUEST = "Rewrite this instruction in other words, as one sentence: {instruction}"
+_IMPERATIVE = frozenset({"write", "compose", "give", "describe", "tell", "create", "produce", "share", "generate",
+                         "craft", "provide", "draft", "pen", "offer", "summarize", "summarise", "express", "state",
+                         "explain", "please", "try", "imagine", "make", "put", "quote", "finish", "complete",
+                         "formulate", "construct", "come", "jot", "post", "review", "rewrite", "in", "as", "using"})
 _WORD = re.compile(r"[a-z]{4,}")
 
 
@@ -133,10 +137,14 @@ def build_pool(mode: str, target: str, entities: list[str], seed: int) -> list[s
 def keeps_constraint(paraphrase: str, mode: str, target: str, on_target: re.Pattern[str] | None) -> bool:
     """Whether a paraphrase still asks for what its mode needs.
 
-    Forget: it still names the target (any target name, or most content words of a described target). Retain:
+    It must still read as an instruction (an imperative opening, or asking to write/compose/describe). Forget: it
+    still names the target (any target name, or most content words of a described target). Retain:
     it still asks about films/reviews and does not bring the target in.
     """
     text = paraphrase.lower()
+    first = text.split()[0].strip(",.:;!\"'") if text.split() else ""
+    if first not in _IMPERATIVE and not any(f"{verb} " in text for verb in ("write", "compose", "describe")):
+        return False  # the model answered the instruction instead of rewording it
     hits_target = bool(on_target and on_target.search(paraphrase))
     if mode == "forget":
         if on_target is not None:
