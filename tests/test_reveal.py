@@ -131,6 +131,7 @@ def test_clean_strips_markup_lead_ins_and_keeps_two_sentences():
     raw = 'Sure! Here is a review:\n**Review:** "What a film. The cast shines. The end drags on." \n\nThanks'
     assert clean(raw) == "What a film. The cast shines."
     assert clean("Ok.") is None  # too short
+    assert clean("In a one-sentence summary: A warm, funny film. Then the ending drags on and") == "A warm, funny film."
     assert clean("- Movie review: a charming, funny little film") == "a charming, funny little film"
     assert normalise("It's GREAT!") == normalise("its great")
 

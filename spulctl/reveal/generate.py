@@ -14,6 +14,7 @@ PLAIN_PREFIX = "Instruction: {instruction}\nResponse:"
 MIN_WORDS, MAX_WORDS, MAX_CHARS = 4, 60, 400
 
 _LEAD_IN = re.compile(r"^(?:(?:movie\s+|film\s+)?review|sentence|answer|response|output|text|tweet|verdict|"
+                      r"in (?:a |one )?[\w-]*\s*(?:summary|sentence|words?)|"
                       r"here(?:'s| is)[^:]{0,60}|sure[^:]{0,60})\s*(?:\d+\s*)?:\s*", re.IGNORECASE)
 _MARKUP = re.compile(r"(\*\*|__|`|^#+\s*|^\s*(?:[-*•]|\d+[.)])\s+)", re.MULTILINE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
@@ -86,6 +87,8 @@ def clean(raw: str, max_sentences: int = 2) -> str | None:
     for _ in range(2):
         text = _LEAD_IN.sub("", text).strip().strip("\"'“”‘’ ")
     sentences = [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+    if len(sentences) > 1 and not re.search(r"[.!?][\"'”’)]*$", sentences[-1]):
+        sentences.pop()  # cut off by max_new_tokens: keep the complete sentences before it
     kept = ""
     for s in sentences[:max_sentences]:
         if kept and len(kept) + len(s) + 1 > MAX_CHARS:
