@@ -98,12 +98,13 @@ def verify_bundle(folder: str | Path) -> dict[str, Any]:
     if digest != meta["prompt"].get("sha256"):
         raise BundleError(f"{prompt_path}: sha256 {digest[:12]}… does not match bundle.json "
                           f"({str(meta['prompt'].get('sha256'))[:12]}…): the file is corrupted or was replaced")
-    retain_file = (meta.get("data") or {}).get("retain_file")
-    if retain_file is not None:
-        path = folder / retain_file["name"]
-        if not path.is_file() or sha256_file(path) != retain_file.get("sha256"):
-            raise BundleError(f"{path}: missing or its sha256 does not match bundle.json (the model-labelled retain "
-                              "records the prompt was trained on)")
+    data = meta.get("data") or {}
+    generated = list(data.get("generated") or []) or ([data["retain_file"]] if data.get("retain_file") else [])
+    for entry in generated:  # records the model wrote or labelled itself, which the prompt was trained on
+        path = folder / entry["name"]
+        if not path.is_file() or sha256_file(path) != entry.get("sha256"):
+            raise BundleError(f"{path}: missing or its sha256 does not match bundle.json (model-generated records "
+                              "the prompt was trained on)")
     compiled = meta.get("compiled_prefix")
     if compiled is not None:
         path = folder / COMPILED_FILE

@@ -14,15 +14,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from spulctl.data.readers import ReadOptions, find_split_file, read_records
 from spulctl.data.task import DEFAULT_GENERIC_LABELS, TaskSpec
-from spulctl.errors import DataError, SpulError
+from spulctl.errors import SpulError
 from spulctl.familiarize import LoraSettings, evaluate_splits
 from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir, write_jsonl_atomic
 from spulctl.train import TrainConfig, TrainResult, fit
+from spulctl.unlearn_data import FORGET_FILE, RETAIN_FILE, load_inputs
 
 Event = Callable[[dict[str, Any]], None]
-RETAIN_FILE = "retain_used.jsonl"  # model-labelled retain records, saved with the artifact for inspection
 
 
 @dataclass
@@ -39,7 +38,8 @@ class UnlearnConfig:
         method: registered method name.
         forget, retain: data files; or ``splits`` (train_forget / train_retain, test_* used for the report).
         retain_from: unlabelled texts used as retain inputs, labelled by the model itself.
-        self_generate: without any retain data, how many task inputs the model writes itself.
+        self_generate: without any retain data, how many on-task texts off the target the model writes itself
+            (:mod:`spulctl.reveal`, retain mode).
         prompt_tokens: p. prompt_encoder: ``none`` | ``mlp``. prompt_init: ``random`` | ``vocab`` | ``text`` |
             ``entities`` (the text "Answer unknown if the text mentions …" naming split.json's forget entities).
         prompt_text: the text for ``prompt_init=text`` (default: a generic instruction).
@@ -62,7 +62,10 @@ class UnlearnConfig:
             (``train.max_steps``, when given, replaces ``budget_steps``); ``rounds`` evaluations along the way.
         augment: train on robustness variants of the forget records and, when the names are known,
             counterfactuals (names swapped) as retain rows (:mod:`spulctl.data.rewrite`).
-        forget_entities: the names to forget (default: split.json's entities, when there is one).
+        forget_entities: the names to forget (default: split.json's entities, when there is one; else inferred
+            from the forget records by NER). Without forget records, ``reveal_forget`` records about them (or about
+            ``forget_target``, a free-text description) are revealed by the model (``reveal_budget`` texts at most,
+            0 = reveal's default) — forget-data-free unlearning.
         select: score each round on the selection slices (``select_forget`` training forget records and their
             variants, ``select_retain`` held-out retain records, fresh counterfactuals), keep the best round by the
             aggregate score and stop once forget accuracy ≤ ``stop_forget_acc`` and retain drop ≤
@@ -119,6 +122,9 @@ class UnlearnConfig:
     stop_forget_acc: float = 3.0
     stop_retain_drop: float = 0.5
     stop_patience: int = 2
+    forget_target: str | None = None
+    reveal_forget: int = 300
+    reveal_budget: int = 0
     recipe: dict[str, Any] | None = None  # the --config recipe (path, sha256, content), copied into bundle.json
 
     def __post_init__(self) -> None:
@@ -129,8 +135,9 @@ class UnlearnConfig:
         if self.prompt_tokens <= 0:
             raise SpulError(f"--prompt-tokens {self.prompt_tokens}: must be >= 1")
         LossWeights(retain=self.alpha, kl=self.beta, kl_direction=self.kl_direction)
-        if self.splits is None and self.forget is None:
-            raise SpulError("unlearn: give --forget FILE or --splits DIR")
+        if self.splits is None and self.forget is None and not self.forget_entities and not self.forget_target:
+            raise SpulError("unlearn: give --forget FILE, --splits DIR, or the names (--forget-entities) / a "
+                            "description (--forget-target) for the model to reveal the forget set from")
         if self.keep not in ("last", "best") or (self.keep == "best" and not self.eval_every):
             raise SpulError(f"--keep {self.keep}: expected last, or best together with --eval-every N")
         from spulctl.loss import KERNEL_CHOICES
@@ -151,61 +158,6 @@ class UnlearnConfig:
                             "runs every round: --select/--no-select)")
         if not self.generic_labels or not all(g.strip() for g in self.generic_labels):
             raise SpulError(f"--generic-labels: need at least one non-empty word, got {list(self.generic_labels)}")
-
-
-def _read(path: Path, note: Callable[[str], None], require_label: bool = True) -> list[dict]:
-    return read_records(path, ReadOptions(require_label=require_label), note)
-
-
-def load_inputs(cfg: UnlearnConfig, note: Callable[[str], None]) -> tuple[list[dict], list[dict] | None, dict]:
-    """Read forget and (optionally) retain records; return them with their source hashes.
-
-    Raises:
-        DataError: empty forget set, or a text on both sides.
-    """
-    forget_path = cfg.forget or find_split_file(cfg.splits, "train_forget")
-    retain_path = cfg.retain
-    if retain_path is None and cfg.splits is not None and cfg.retain_from is None:
-        retain_path = find_split_file(cfg.splits, "train_retain")
-    forget = _read(forget_path, note)
-    if cfg.tau < 1:
-        import random
-
-        forget = random.Random(cfg.train.seed).sample(forget, max(1, round(cfg.tau * len(forget))))
-    retain = _read(retain_path, note) if retain_path else None
-    if retain is not None and cfg.retain_limit is not None and cfg.retain_limit < len(retain):
-        import random
-
-        retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)
-    hashes = {"forget": sha256_file(forget_path)}
-    if retain_path:
-        hashes["retain"] = sha256_file(retain_path)
-    if retain is not None:
-        overlap = {r["text"] for r in forget} & {r["text"] for r in retain}
-        if overlap:
-            example = next(iter(overlap))[:60]
-            raise DataError(f"{retain_path}: {len(overlap)} texts are also in the forget set {forget_path} "
-                            f"(e.g. '{example}'); a text cannot be both forgotten and retained")
-    return forget, retain, hashes
-
-
-def _retain_without_labels(cfg: UnlearnConfig, model, tok, task: TaskSpec, forget: list[dict], emit: Event,
-                           max_length: int | None = None):
-    from spulctl.data.selfgen import generate_texts, pseudo_label
-
-    note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
-    forget_texts = {r["text"] for r in forget}
-    if cfg.retain_from is not None:
-        texts = [r["text"] for r in _read(cfg.retain_from, note, require_label=False)]
-        texts = [t for t in texts if t not in forget_texts]
-        source = f"unlabelled texts from {cfg.retain_from}, labelled by the model"
-    else:
-        texts = generate_texts(model, tok, task, cfg.self_generate, cfg.train.seed, exclude=forget_texts, emit=emit)
-        source = f"{len(texts)} texts written by the model itself, labelled by the model"
-    if not texts:
-        raise DataError(f"{cfg.retain_from}: no retain texts left after removing forget texts")
-    note(f"retain set: {source}")
-    return pseudo_label(model, tok, task, texts, cfg.eval_batch_size, emit, max_length), source
 
 
 def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_event: Event | None = None) -> dict:
@@ -234,22 +186,25 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     vocab = label_vocab(task, tok)
     max_length = resolve_max_length(model.config, cfg.prompt_tokens if method_cls.artifact == "bundle" else 0,
                                     cfg.max_length)
-    retain_source, model_labelled = "labelled retain file", None
+    from spulctl.data.split import forget_entities, infer_forget_entities
+    from spulctl.unlearn_data import retain_without_labels, revealed_forget
+
+    entities = forget_entities(cfg.forget_entities, cfg.splits, cfg.forget)
+    generated: dict[str, list[dict]] = {}  # what the model wrote or labelled itself, saved with the artifact
+    if forget is None:  # forget-data-free: the model reveals what it knows about the names / the target
+        forget = generated[FORGET_FILE] = revealed_forget(model, tok, task, cfg, entities, emit)
+    if not entities and cfg.augment:
+        entities = infer_forget_entities(forget, retain or [], emit)
+    retain_source = "labelled retain file"
     if retain is None and method_cls.uses_retain:
-        retain, retain_source = _retain_without_labels(cfg, model, tok, task, forget, emit, max_length)
-        model_labelled = retain
+        retain, retain_source = retain_without_labels(model, tok, task, cfg, forget, entities, emit, max_length)
+        generated[RETAIN_FILE] = retain
     retain = retain if method_cls.uses_retain else []
-    held_f, held_r, plan, evaluate, entities = [], [], None, None, []
+    held_f, held_r, plan, evaluate = [], [], None, None
     # fixed forget share per batch, budget from the forget set, selection slices
     if cfg.forget_share > 0 and getattr(method_cls, "trains", True):
-        from spulctl.data.split import forget_entities
         from spulctl.unlearn_plan import build_plan, selection_evaluator
 
-        entities = forget_entities(cfg.forget_entities, cfg.splits, cfg.forget)
-        if not entities and cfg.augment:
-            from spulctl.data.split import infer_forget_entities
-
-            entities = infer_forget_entities(forget, retain or [], emit)
         plan = build_plan(forget, retain, entities, cfg, method_cls.uses_retain)
         forget, retain = plan.forget, plan.retain
         _note_plan(plan.summary, note)
@@ -306,11 +261,13 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     if cfg.recipe is not None:
         meta["recipe"] = cfg.recipe
     with staged_dir(cfg.out, overwrite=True) as stage:
-        if model_labelled is not None:  # what the model wrote / labelled itself: kept so users can inspect it
+        for name, rows in generated.items():  # what the model wrote / labelled itself: kept for inspection
             stage.mkdir(parents=True, exist_ok=True)
-            write_jsonl_atomic(stage / RETAIN_FILE, model_labelled)
-            meta["data"]["retain_file"] = {"name": RETAIN_FILE, "records": len(model_labelled),
-                                           "sha256": sha256_file(stage / RETAIN_FILE)}
+            write_jsonl_atomic(stage / name, rows)
+            entry = {"name": name, "records": len(rows), "sha256": sha256_file(stage / name)}
+            meta["data"].setdefault("generated", []).append(entry)
+            if name == RETAIN_FILE:
+                meta["data"]["retain_file"] = entry
         method.save(stage, meta)
     shutil.rmtree(ckpt, ignore_errors=True)
     return meta

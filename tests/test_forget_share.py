@@ -189,3 +189,19 @@ def test_forget_names_are_inferred_by_ner_and_names_on_the_retain_side_are_dropp
     assert "meryl streep" not in names  # named on the retain side: someone the prompt must keep
     assert any("inferred by NER" in n["message"] for n in notes)
     assert infer_forget_entities(forget[:2], retain, notes.append, min_count=3) == []
+
+
+def test_forget_data_free_run_reveals_or_refuses_cleanly(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    """Only the names: the forget set must come from the model; a random tiny model never writes them, so the run
+    stops with one DataError and leaves nothing behind."""
+    from spulctl.train import TrainConfig
+    from spulctl.unlearn import UnlearnConfig, unlearn
+
+    cfg = UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / "b", retain=demo_splits / "train_retain.jsonl",
+                        forget_entities=("Jonah Pellegrino",), reveal_forget=4, reveal_budget=16, eval_limit=0,
+                        prompt_tokens=4, train=TrainConfig(lr=1e-2, max_steps=2))
+    with pytest.raises(SpulError, match=r"Jonah Pellegrino|relevant|reveal"):
+        unlearn(cfg)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(SpulError, match="--forget-entities"):
+        UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / "c")

@@ -38,6 +38,7 @@ MAX_LINES = 400
 LAYERS: list[tuple[str, int, str]] = [
     ("spulctl.cli", 9, "cli"), ("spulctl.__main__", 9, "cli"), ("spulctl.__init__", 9, "cli"),
     ("spulctl.pipeline", 8, "pipeline"), ("spulctl.unlearn", 8, "pipeline"), ("spulctl.unlearn_plan", 8, "pipeline"),
+    ("spulctl.unlearn_data", 8, "pipeline"),
     ("spulctl.familiarize", 8, "pipeline"), ("spulctl.evaluate.sweep", 8, "pipeline"),
     ("spulctl.methods", 7, "methods"), ("spulctl.data.selfgen", 7, "reveal"), ("spulctl.reveal", 7, "reveal"),
     ("spulctl.evaluate", 6, "evaluate"),

@@ -186,14 +186,15 @@ def test_self_generated_retain_set(tiny_model_dir: Path, demo_splits: Path, tmp_
     cfg = _cfg(tiny_model_dir, None, tmp_path / "b", forget=demo_splits / "train_forget.jsonl", self_generate=16,
                train={"max_steps": 2})
     meta = unlearn(cfg)
-    assert 4 <= meta["data"]["retain_records"] <= 16
-    assert "written by the model itself" in meta["data"]["retain_source"]
+    assert 1 <= meta["data"]["retain_records"] <= 16
+    assert "written by the model off the target" in meta["data"]["retain_source"]
     # the texts the model wrote and the labels it gave them are saved with the bundle, hash-checked by verify
     from spulctl.bundle import BundleError, verify_bundle
 
     saved = [json.loads(x) for x in (tmp_path / "b" / "retain_used.jsonl").read_text().splitlines()]
     assert len(saved) == meta["data"]["retain_records"] == meta["data"]["retain_file"]["records"]
     assert all(r["text"].strip() and r["label"] in ("negative", "positive") for r in saved)
+    assert all(r["source"] == "reveal:retain" for r in saved)
     verify_bundle(tmp_path / "b")
     with open(tmp_path / "b" / "retain_used.jsonl", "a") as f:
         f.write('{"text": "tampered", "label": "positive"}\n')

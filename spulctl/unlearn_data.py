@@ -1,0 +1,117 @@
+"""Where an unlearning run's records come from: files, or the model itself.
+
+* Forget: ``--forget FILE`` / ``--splits`` — or, with only the names (``--forget-entities``) or a description
+  (``--forget-target``), the records the model reveals about them (:mod:`spulctl.reveal`, forget mode): the
+  forget-data-free path.
+* Retain: ``--retain FILE`` / ``--splits`` — or unlabelled ``--retain-from`` texts labelled by the model — or, with
+  nothing, on-task texts the model writes that stay off the target, several naming other people (reveal's retain
+  mode). Counterfactuals of the forget records (names swapped) join them in the plan
+  (:mod:`spulctl.unlearn_plan`).
+
+Whatever the model wrote or labelled is saved beside the artifact (``GENERATED`` file names), hashed in its
+metadata and checked by ``spulctl bundle verify``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spulctl.data.readers import ReadOptions, find_split_file, read_records
+from spulctl.errors import DataError
+from spulctl.io import sha256_file
+
+RETAIN_FILE = "retain_used.jsonl"  # model-labelled / model-written retain records
+FORGET_FILE = "forget_revealed.jsonl"  # model-written forget records (forget-data-free runs)
+
+
+def _read(path: Path, note: Callable[[str], None], require_label: bool = True) -> list[dict]:
+    return read_records(path, ReadOptions(require_label=require_label), note)
+
+
+def load_inputs(cfg: Any, note: Callable[[str], None]) -> tuple[list[dict] | None, list[dict] | None, dict]:
+    """Read forget and (optionally) retain records; return them with their source hashes.
+
+    Returns:
+        (forget, retain, hashes); forget is None when it is to be revealed (no file, names or a target given),
+        retain is None when the method must find its own.
+
+    Raises:
+        DataError: a text on both sides.
+    """
+    forget_path = cfg.forget or (find_split_file(cfg.splits, "train_forget") if cfg.splits is not None else None)
+    retain_path = cfg.retain
+    if retain_path is None and cfg.splits is not None and cfg.retain_from is None:
+        retain_path = find_split_file(cfg.splits, "train_retain")
+    forget = _read(forget_path, note) if forget_path else None
+    if forget is not None and cfg.tau < 1:
+        forget = random.Random(cfg.train.seed).sample(forget, max(1, round(cfg.tau * len(forget))))
+    retain = _read(retain_path, note) if retain_path else None
+    if retain is not None and cfg.retain_limit is not None and cfg.retain_limit < len(retain):
+        retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)
+    hashes = {"forget": sha256_file(forget_path)} if forget_path else {}
+    if retain_path:
+        hashes["retain"] = sha256_file(retain_path)
+    if retain is not None and forget is not None:
+        overlap = {r["text"] for r in forget} & {r["text"] for r in retain}
+        if overlap:
+            example = next(iter(overlap))[:60]
+            raise DataError(f"{retain_path}: {len(overlap)} texts are also in the forget set {forget_path} "
+                            f"(e.g. '{example}'); a text cannot be both forgotten and retained")
+    return forget, retain, hashes
+
+
+def _reveal(model, tok, task, cfg: Any, mode: str, n: int, entities: list[str], emit) -> list[dict]:
+    from spulctl.reveal import RevealConfig, generate_records
+
+    plain = not getattr(tok, "chat_template", None)
+    if plain:
+        emit({"kind": "note", "message": "the model has no chat template: instructions get a plain prefix"})
+    rc = RevealConfig(entities=list(entities), target=cfg.forget_target, mode=mode, n=n, budget=cfg.reveal_budget,
+                      seed=cfg.train.seed, task=task, plain_prompt=plain)
+    rows = generate_records(model, tok, rc, emit)
+    return [{"text": r["text"], "label": r["label"], "source": f"reveal:{mode}", "instruction": r.get("instruction"),
+             "relevance": r.get("relevance")} for r in rows]
+
+
+def revealed_forget(model, tok, task, cfg: Any, entities: list[str], emit: Callable[[dict], None]) -> list[dict]:
+    """Forget records the model writes about ``entities`` / ``cfg.forget_target`` (labels = its own answers).
+
+    Raises:
+        DataError: no names and no target, or nothing relevant revealed within the budget.
+    """
+    if not entities and not cfg.forget_target:
+        raise DataError("unlearn: no forget data: give --forget FILE, --splits DIR, --forget-entities or "
+                        "--forget-target")
+    rows = _reveal(model, tok, task, cfg, "forget", cfg.reveal_forget, entities, emit)
+    emit({"kind": "note", "message": f"forget set: {len(rows)} records revealed by the model itself"})
+    return rows
+
+
+def retain_without_labels(model, tok, task, cfg: Any, forget: list[dict], entities: list[str],
+                          emit: Callable[[dict], None], max_length: int | None = None) -> tuple[list[dict], str]:
+    """Retain records when no labelled retain data was given: ``--retain-from`` texts labelled by the model, or
+    texts the model writes off the target (reveal's retain mode).
+
+    Raises:
+        DataError: nothing left to retain.
+    """
+    from spulctl.data.selfgen import pseudo_label
+
+    note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
+    forget_texts = {r["text"] for r in forget}
+    if cfg.retain_from is not None:
+        texts = [r["text"] for r in _read(cfg.retain_from, note, require_label=False)]
+        texts = [t for t in texts if t not in forget_texts]
+        if not texts:
+            raise DataError(f"{cfg.retain_from}: no retain texts left after removing forget texts")
+        source = f"unlabelled texts from {cfg.retain_from}, labelled by the model"
+        note(f"retain set: {source}")
+        return pseudo_label(model, tok, task, texts, cfg.eval_batch_size, emit, max_length), source
+    rows = [r for r in _reveal(model, tok, task, cfg, "retain", cfg.self_generate, entities, emit)
+            if r["text"] not in forget_texts]
+    source = f"{len(rows)} on-task texts written by the model off the target, labelled by the model"
+    note(f"retain set: {source}")
+    return rows, source
