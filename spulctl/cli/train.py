@@ -81,7 +81,13 @@ def unlearn(
     retain: Annotated[Path | None, typer.Option(help="Labelled records to keep answering as before.")] = None,
     splits: Annotated[Path | None, typer.Option(help="Splits dir: train_forget/train_retain (+test_* report).")] = None,
     retain_from: Annotated[Path | None, typer.Option(help="Unlabelled retain texts; the model labels them.")] = None,
-    self_generate: Annotated[int, typer.Option(help="Without retain data: texts the model writes itself.")] = 256,
+    self_generate: Annotated[int, typer.Option(help="Without retain data: on-task texts off the target the model "
+                                                    "writes itself (reveal, retain mode).")] = 256,
+    forget_target: Annotated[str | None, typer.Option(help="Without forget records: a description of what to forget "
+                                                           "(with or instead of --forget-entities).")] = None,
+    reveal_forget: Annotated[int, typer.Option(help="Without forget records: how many the model reveals.")] = 300,
+    reveal_budget: Annotated[int, typer.Option(help="Reveal: texts to generate at most (0: 40 per record kept).")]
+    = 0,
     method: Annotated[str, typer.Option(help="spul | ga | rl | ga_kl | ga_gd | hard_prompt | icul")] = "spul",
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", help="Soft prompt length p.")] = 30,
     prompt_encoder: Annotated[str, typer.Option(help="none (prompt tuning) | mlp (P-tuning).")] = "none",
