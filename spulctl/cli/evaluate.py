@@ -109,9 +109,10 @@ def sweep(
     beta: Annotated[str | None, typer.Option(help="β values.")] = None,
     prompt_tokens: Annotated[str | None, typer.Option("--prompt-tokens", help="p values.")] = None,
     tau: Annotated[str | None, typer.Option(help="Forget-set fractions τ.")] = None,
-    prompt_encoder: Annotated[str, typer.Option(help="none | mlp")] = "mlp",
-    epochs: Annotated[int, typer.Option(help="Epochs per cell.")] = 10,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    prompt_encoder: Annotated[str, typer.Option(help="none | mlp")] = "none",
+    epochs: Annotated[int, typer.Option(help="Epochs per cell (only with --forget-share 0).")] = 10,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-2,
+    forget_share: Annotated[float, typer.Option(help="Forget share per batch (0: the data's own mix).")] = 0.5,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 16,
     retain_limit: Annotated[int | None, typer.Option(help="Retain subset per cell.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Steps per cell (quick runs).")] = None,
@@ -129,6 +130,7 @@ def sweep(
         raise SpulError("sweep: give at least one of --alpha, --beta, --prompt-tokens, --tau")
     check_positive(epochs=epochs, batch_size=batch_size, retain_limit=retain_limit, max_steps=max_steps)
     base = UnlearnConfig(model=model, out=out, splits=splits, prompt_encoder=prompt_encoder, eval_limit=eval_limit,
+                         forget_share=forget_share,
                          retain_limit=retain_limit, train=TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size,
                                                                       seed=seed, max_steps=max_steps))
     with RichEvents(console) as events:
