@@ -195,6 +195,9 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         forget = generated[FORGET_FILE] = revealed_forget(model, tok, task, cfg, entities, emit)
     if not entities and cfg.augment:
         entities = infer_forget_entities(forget, retain or [], emit)
+    if cfg.prompt_init == "entities" and not entities and method_cls.artifact == "bundle":
+        raise SpulError("--prompt-init entities: no names to start from: give --forget-entities, or --splits from "
+                        "`spulctl split --by entity` (split.json lists them)")
     retain_source = "labelled retain file"
     if retain is None and method_cls.uses_retain:
         retain, retain_source = retain_without_labels(model, tok, task, cfg, forget, entities, emit, max_length)

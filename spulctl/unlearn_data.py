@@ -63,14 +63,18 @@ def load_inputs(cfg: Any, note: Callable[[str], None]) -> tuple[list[dict] | Non
     return forget, retain, hashes
 
 
-def _reveal(model, tok, task, cfg: Any, mode: str, n: int, entities: list[str], emit) -> list[dict]:
+def _reveal(model, tok, task, cfg: Any, mode: str, n: int, entities: list[str], emit,
+            avoid: list[str] | None = None) -> list[dict]:
+    """Records from :func:`spulctl.reveal.generate_records`; ``avoid``: texts whose meaning marks the target when
+    there are no names and no description (retain mode keeps away from them)."""
     from spulctl.reveal import RevealConfig, generate_records
 
     plain = not getattr(tok, "chat_template", None)
     if plain:
         emit({"kind": "note", "message": "the model has no chat template: instructions get a plain prefix"})
-    rc = RevealConfig(entities=list(entities), target=cfg.forget_target, mode=mode, n=n, budget=cfg.reveal_budget,
-                      seed=cfg.train.seed, task=task, plain_prompt=plain)
+    examples = list(avoid or []) if not entities and not cfg.forget_target else []
+    rc = RevealConfig(entities=list(entities), target=cfg.forget_target, examples=examples, mode=mode, n=n,
+                      budget=cfg.reveal_budget, seed=cfg.train.seed, task=task, plain_prompt=plain)
     rows = generate_records(model, tok, rc, emit)
     return [{"text": r["text"], "label": r["label"], "source": f"reveal:{mode}", "instruction": r.get("instruction"),
              "relevance": r.get("relevance")} for r in rows]
@@ -110,7 +114,8 @@ def retain_without_labels(model, tok, task, cfg: Any, forget: list[dict], entiti
         source = f"unlabelled texts from {cfg.retain_from}, labelled by the model"
         note(f"retain set: {source}")
         return pseudo_label(model, tok, task, texts, cfg.eval_batch_size, emit, max_length), source
-    rows = [r for r in _reveal(model, tok, task, cfg, "retain", cfg.self_generate, entities, emit)
+    avoid = [r["text"] for r in random.Random(cfg.train.seed).sample(forget, min(20, len(forget)))]
+    rows = [r for r in _reveal(model, tok, task, cfg, "retain", cfg.self_generate, entities, emit, avoid)
             if r["text"] not in forget_texts]
     source = f"{len(rows)} on-task texts written by the model off the target, labelled by the model"
     note(f"retain set: {source}")

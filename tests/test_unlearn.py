@@ -223,7 +223,7 @@ def test_unlearn_bad_inputs(tiny_model_dir: Path, demo_splits: Path, tmp_path: P
         (["--forget", str(forget), "--retain", str(retain), "--method", "magic"], "unknown method"),
         (["--forget", str(forget), "--retain", str(retain), "--kl-direction", "up"], "--kl-direction up"),
         (["--forget", str(forget), "--retain", str(retain), "--generic-labels", "positive"], "also label words"),
-        (["--retain", str(retain)], "give --forget FILE or --splits DIR"),
+        (["--retain", str(retain)], "give --forget FILE, --splits DIR"),
     ]
     for i, (args, message) in enumerate(cases):
         out = tmp_path / f"o{i}"
