@@ -205,3 +205,23 @@ def test_forget_data_free_run_reveals_or_refuses_cleanly(tiny_model_dir: Path, d
     assert not (tmp_path / "b").exists()
     with pytest.raises(SpulError, match="--forget-entities"):
         UnlearnConfig(model=str(tiny_model_dir), out=tmp_path / "c")
+
+
+def test_report_ranks_subjects_by_the_aggregate_score(tmp_path: Path):
+    from spulctl.evaluate.report import Subject, build_report, render_markdown, split_score
+
+    def split(acc):
+        return {"accuracy": acc, "f1_weighted": acc, "restricted_accuracy": acc, "generic_share": 0.0,
+                "off_label_share": 0.0, "n": 100}
+
+    results = {"model": {"test_retain": split(90.0), "test_forget": split(90.0)},
+               "bundle": {"test_retain": split(81.0), "test_forget": split(18.0)},
+               "hard": {"test_retain": split(90.0), "test_forget": split(85.0)}}
+    assert split_score(results["bundle"], results["model"]) == pytest.approx(100 * 2 * 0.9 * 0.8 / 1.7)
+    assert split_score({"test_retain": split(1.0)}, results["model"]) is None
+    subjects = [Subject("model", "m"), Subject("bundle", "m", tmp_path), Subject("hard", "m", tmp_path)]
+    report = build_report(results, "model", subjects, tmp_path, 100)
+    assert report["aggregate"]["model"] == 0.0 and report["aggregate"]["bundle"] > report["aggregate"]["hard"]
+    md = render_markdown(report)
+    table = md[md.index("Aggregate score"):]
+    assert table.index("| bundle |") < table.index("| hard |")  # best first
