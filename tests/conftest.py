@@ -26,26 +26,15 @@ def _corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny LlamaForCausalLM + fast BPE tokenizer (vocab ~600), seeded."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """A saved tiny LlamaForCausalLM + fast BPE tokenizer (vocab ~600), seeded (built by the wheel smoke's
+    builder, which runs outside the test suite too)."""
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("wheel_smoke_model", Path(__file__).with_name("wheel_smoke_model.py"))
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
     out = tmp_path_factory.mktemp("tiny-llama")
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(_corpus(), trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>")
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
-                      tie_word_embeddings=True, initializer_range=0.2)
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    builder.build(out, _corpus(), initializer_range=0.2)
     return out
 
 
