@@ -15,9 +15,11 @@ spulctl split demo -o "$WORK/splits" --top-entities 6 --overwrite
 # of itself that a short SPUL run cannot move it
 spulctl familiarize "$WORK/splits" -o "$WORK/fam" --model smollm2-135m --retain-limit 200 --max-steps 12 \
   --eval-limit 100 --overwrite
-# the soft prompt starts from the words "Answer unknown if the text mentions <the people in split.json>"
-spulctl unlearn --model "$WORK/fam" --splits "$WORK/splits" -o "$WORK/bundle" --prompt-encoder none \
-  --prompt-init entities --lr 1e-2 --epochs 5 --retain-limit 200 --eval-limit 100 --no-report-before --overwrite
+# SPUL with the defaults: half of every batch forget rows, a step budget from the forget set's size, the prompt
+# started from "Answer unknown if the text mentions <the people in split.json>", the best round kept on selection
+# slices that cost no forget record, and an early stop once forgetting holds and the rest is intact
+spulctl unlearn --model "$WORK/fam" --splits "$WORK/splits" -o "$WORK/bundle" --eval-limit 100 --no-report-before \
+  --overwrite
 spulctl bundle verify "$WORK/bundle" --model "$WORK/fam"
 spulctl eval "$WORK/splits" --model "$WORK/fam" --bundle "$WORK/bundle" --compare vanilla=smollm2-135m \
   --limit 100 -o "$WORK/report" --overwrite
