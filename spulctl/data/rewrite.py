@@ -31,12 +31,15 @@ def no_punct(text: str) -> str:
     return re.sub(r"\s+", " ", _PUNCT.sub(" ", text)).strip()
 
 
+def entity_pattern(entities: list[str]) -> re.Pattern[str]:
+    """Word-boundary, case-insensitive regex matching any of ``entities`` (longest first)."""
+    alts = sorted({re.escape(e.strip()) for e in entities if e.strip()}, key=len, reverse=True)
+    return re.compile(r"(?<!\w)(?:" + "|".join(alts) + r")(?!\w)", re.IGNORECASE)
+
+
 def name_pattern(entities: list[str]) -> re.Pattern[str] | None:
-    """Word-boundary, case-insensitive regex for any of ``entities`` (longest first), or None when empty."""
-    names = sorted({e.strip() for e in entities if e.strip()}, key=len, reverse=True)
-    if not names:
-        return None
-    return re.compile(r"(?<!\w)(" + "|".join(re.escape(e) for e in names) + r")(?!\w)", re.IGNORECASE)
+    """:func:`entity_pattern` for the non-empty ``entities``, or None when there are none."""
+    return entity_pattern(entities) if any(e.strip() for e in entities) else None
 
 
 def name_part_rewriter(entities: list[str], part: int) -> Callable[[str], str] | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spulctl.data.readers import SPLIT_NAMES
+from spulctl.data.rewrite import entity_pattern
 from spulctl.errors import DataError, MissingDependencyError, SpulError
 
 Event = Callable[[dict[str, Any]], None]
@@ -171,12 +172,6 @@ def _check_nonempty(splits: dict[str, list[dict]]) -> None:
 
 
 # ---------------------------------------------------------------- entity
-def entity_pattern(entities: list[str]) -> re.Pattern[str]:
-    """Word-boundary, case-insensitive regex matching any of ``entities``."""
-    alts = sorted({re.escape(e.strip()) for e in entities if e.strip()}, key=len, reverse=True)
-    return re.compile(r"(?<!\w)(?:" + "|".join(alts) + r")(?!\w)", re.IGNORECASE)
-
-
 def find_person_entities(texts: list[str], emit: Event, batch_size: int = 256) -> Counter[str]:
     """Count PERSON mentions (lower-cased, possessive stripped) per record with spaCy's en_core_web_sm, in the
     first ``NER_CHARS`` characters of each text."""

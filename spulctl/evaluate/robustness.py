@@ -12,18 +12,16 @@ The rewrites themselves live in :mod:`spulctl.data.rewrite`, where training also
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from spulctl.data.rewrite import rewritten, variant_rewriters
+from spulctl.data.split import forget_entities
 
 
 def rewrites(splits: Path) -> dict[str, Callable[[str], str]]:
     """The probes applicable to this splits directory (entity probes need an entity split)."""
-    info = splits / "split.json"
-    entities = list(json.loads(info.read_text()).get("entities", {})) if info.is_file() else []
-    return variant_rewriters(entities)
+    return variant_rewriters(forget_entities((), splits, None))
 
 
 def probe_records(records: list[dict], fn: Callable[[str], str]) -> list[dict]:
