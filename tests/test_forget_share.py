@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spulctl.data.rewrite import counterfactuals, forget_variants, variant_rewriters
+from spulctl.data.rewrite import counterfactuals, forget_variants, surname_aliases, variant_rewriters
 from spulctl.data.sampling import MixedBatches, step_budget
 from spulctl.errors import SpulError
 from spulctl.selection import StopRule, aggregate_score, best_index
@@ -131,7 +131,12 @@ def test_rewrites_and_counterfactuals():
     assert fns["first-name"](rec["text"]) == "Jackie kicks, and spielberg watches."
     assert fns["no-punct"](rec["text"]) == "Jackie Chan kicks and spielberg watches"
     variants = forget_variants([rec], ["jackie chan", "spielberg"], seed=0, per_record=2)
-    assert len(variants) == 2 and all(v["text"] != rec["text"] and v["label"] == "positive" for v in variants)
+    # both name parts always, plus two of the other rewrites
+    assert len(variants) == 4 and all(v["text"] != rec["text"] and v["label"] == "positive" for v in variants)
+    assert {v["rewrite"] for v in variants} >= {"first-name", "last-name"}
+    assert len({v["text"] for v in variants}) == 4
+    assert [v["rewrite"] for v in forget_variants([rec], ["spielberg"], 0, per_record=1)] in (
+        [["upper"], ["lower"], ["no-punct"]])  # no two-word name: one random rewrite only
     cf = counterfactuals([rec, {"text": "no names here", "label": "negative"}], ["jackie chan", "spielberg"], 0)
     assert len(cf) == 1 and cf[0]["label"] == "positive"
     text = cf[0]["text"].lower()
@@ -140,6 +145,15 @@ def test_rewrites_and_counterfactuals():
     assert len(first.split()) == 2 and first[0].isupper()  # a two-word name, capitalised like the mention
     assert cf[0]["text"].split("and ")[1].split()[0].islower()  # the lower-case mention stays lower case
     assert counterfactuals([rec], ["jackie chan"], 0) == counterfactuals([rec], ["jackie chan"], 0)  # seeded
+
+
+def test_surname_aliases():
+    texts = ["soderbergh 's best films", "steven soderbergh directs", "steven soderbergh again",
+             "a brown coat", "brown shoes", "jim brown runs", "the brown dog", "brown eyes", "jackie chan kicks"]
+    got = surname_aliases(["steven soderbergh", "jim brown", "jackie chan", "chan"], texts)
+    assert got == {"soderbergh": "steven soderbergh"}  # brown: 5 records alone vs 1 with the full name; chan: taken
+    assert surname_aliases(["steven soderbergh"], texts, ratio=0.4) == {}  # 1 alone vs 2 full > 0.4
+    assert surname_aliases(["a b", "c b"], ["a b", "c b", "b"]) == {}  # one surname, two people: ambiguous
 
 
 def test_unlearn_with_the_forget_share_defaults(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):

@@ -41,7 +41,9 @@ def test_entity_split_with_explicit_entities(demo_splits: Path):
     _assert_disjoint(demo_splits)
     info = json.loads((demo_splits / "split.json").read_text())
     assert info["method"] == "entity"
-    assert set(info["entities"]) == {"jonah pellegrino", "priya raman", "lucia ferrante"}
+    full = {"jonah pellegrino", "priya raman", "lucia ferrante"}
+    assert info["surname_aliases"] == {f.split()[-1]: f for f in full}  # no surname is a common word here
+    assert set(info["entities"]) == full | set(info["surname_aliases"])
     pattern = entity_pattern(["Jonah Pellegrino", "Priya Raman", "Lucia Ferrante"])
     assert all(pattern.search(t) for t in _texts(demo_splits, "train_forget"))
     assert not any(pattern.search(t) for t in _texts(demo_splits, "train_retain"))
@@ -60,9 +62,22 @@ def test_top_entities_uses_spacy_ner(tmp_path: Path):
     result = runner.invoke(app, ["split", "demo", "-o", str(tmp_path / "s"), "--top-entities", "4"])
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "s" / "split.json").read_text())
-    assert len(info["entities"]) == 4
-    assert set(info["entities"]) <= {p.lower() for p in PEOPLE}
+    chosen = set(info["entities"]) - set(info["surname_aliases"])
+    assert len(chosen) == 4 and chosen <= {p.lower() for p in PEOPLE}
     _assert_disjoint(tmp_path / "s")
+
+
+def test_surname_alone_is_forgotten_unless_turned_off(tmp_path: Path):
+    records = ([{"text": f"steven soderbergh film {i}", "label": "positive"} for i in range(6)]
+               + [{"text": f"soderbergh 's film {i}", "label": "negative"} for i in range(6)]
+               + [{"text": f"plain review {i}", "label": "negative"} for i in range(40)])
+    cfg = dict(by="entity", entities=["Steven Soderbergh"], seed=0)
+    on = split_records(records, SplitConfig(**cfg))
+    off = split_records(records, SplitConfig(**cfg, surname_aliases=False))
+    forget = lambda r: [x["text"] for n in ("train_forget", "test_forget") for x in r.splits[n]]  # noqa: E731
+    assert sum("soderbergh 's" in t for t in forget(on)) == 6
+    assert sum("soderbergh 's" in t for t in forget(off)) == 0
+    assert on.info["surname_aliases"] == {"soderbergh": "steven soderbergh"} and "surname_aliases" not in off.info
 
 
 def test_cross_boundary_duplicates_are_dropped_and_reported():

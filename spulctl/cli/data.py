@@ -19,6 +19,8 @@ def split(
     entities: Annotated[str | None, typer.Option(help="People to forget, comma-separated.")] = None,
     top_entities: Annotated[int | None, typer.Option(help="Forget the N most mentioned PERSON entities.")] = None,
     min_entity_count: Annotated[int, typer.Option(help="Ignore NER candidates seen fewer times.")] = 3,
+    surname_aliases: Annotated[bool, typer.Option(
+        help="A forgotten person's surname alone counts as the person (when it is not a common word).")] = True,
     clusters: Annotated[int, typer.Option(help="k for --by cluster.")] = 20,
     forget_fraction: Annotated[float, typer.Option(help="Train share to forget (--by cluster).")] = 0.05,
     embedder: Annotated[str, typer.Option(help="'minilm' or a model spec (mean-pooled states).")] = "minilm",
@@ -38,7 +40,8 @@ def split(
     with RichEvents(console) as events:
         info = run_split(
             data, out, by=by, entities=[e for e in (entities or "").split(",") if e.strip()],
-            top_entities=top_entities, min_entity_count=min_entity_count, clusters=clusters,
+            top_entities=top_entities, min_entity_count=min_entity_count, surname_aliases=surname_aliases,
+            clusters=clusters,
             forget_fraction=forget_fraction, embedder=embedder, forget_file=forget, test_size=test_size,
             tau=tau, seed=seed, text_field=text_field, label_field=label_field, label_map=label_map,
             overwrite=overwrite, on_event=events)

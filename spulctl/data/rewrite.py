@@ -50,6 +50,44 @@ def name_part_rewriter(entities: list[str], part: int) -> Callable[[str], str] |
     return lambda t: pattern.sub(lambda m: m.group(0).split()[part], t)
 
 
+# A surname alone counts as the person when it is not much more common alone than in the full name: "soderbergh"
+# (16 records alone, 23 with "steven") does, "brown" of "jim brown" (a colour, far more often alone) does not.
+SURNAME_RATIO = 2.0
+
+
+def surname_aliases(entities: list[str], texts: list[str], ratio: float = SURNAME_RATIO) -> dict[str, str]:
+    """Surnames that refer to a forgotten person on their own, with the full name each stands for.
+
+    A multi-word entity's last word becomes an alias when the texts mention it outside the full name in at most
+    ``ratio`` times as many records as the full name itself (cased or lower-cased text alike, where NER cannot
+    tell a lower-case surname from a word). Skipped: surnames under 3 characters, surnames that already are an
+    entity, and surnames shared by two entities.
+
+    Returns:
+        ``{surname: full name}``, lower-case, in entity order.
+    """
+    names = [e.strip().lower() for e in entities if e.strip()]
+    lasts = [n.split()[-1] for n in names if len(n.split()) > 1]
+    out: dict[str, str] = {}
+    for full in names:
+        if len(full.split()) < 2:
+            continue
+        last = full.split()[-1]
+        if len(last) < 3 or last in names or lasts.count(last) > 1:
+            continue
+        full_re, last_re = entity_pattern([full]), entity_pattern([last])
+        n_full = n_alone = 0
+        for t in texts:
+            if full_re.search(t):
+                n_full += 1
+                t = full_re.sub(" ", t)
+            if last_re.search(t):
+                n_alone += 1
+        if n_full and n_alone <= ratio * n_full:
+            out[last] = full
+    return out
+
+
 def variant_rewriters(entities: list[str]) -> dict[str, Callable[[str], str]]:
     """The robustness rewrites that apply: case, punctuation, and first/last name when an entity has two words."""
     out: dict[str, Callable[[str], str]] = {"upper": str.upper, "lower": str.lower, "no-punct": no_punct}
@@ -70,8 +108,12 @@ def rewritten(records: list[dict], fn: Callable[[str], str]) -> list[dict]:
     return out
 
 
+NAME_PARTS = ("first-name", "last-name")
+
+
 def forget_variants(records: list[dict], entities: list[str], seed: int, per_record: int = 1) -> list[dict]:
-    """Up to ``per_record`` distinct rewritten copies of each record, the rewrites drawn at random (seeded).
+    """Rewritten copies of each record: every name-part rewrite that changes it (a full name cut to the first or
+    the last name, the hardest probes), plus up to ``per_record`` of the other rewrites drawn at random (seeded).
 
     Returns:
         New records (``{"text", "label", "rewrite"}`` + the record's other fields), in record order.
@@ -80,15 +122,17 @@ def forget_variants(records: list[dict], entities: list[str], seed: int, per_rec
     rng = random.Random(seed)
     out = []
     for r in records:
-        names = list(fns)
-        rng.shuffle(names)
+        others = [n for n in fns if n not in NAME_PARTS]
+        rng.shuffle(others)
         made: set[str] = {r["text"]}
-        for name in names:
-            if len(made) > per_record:
+        extra = 0
+        for name in [n for n in NAME_PARTS if n in fns] + others:
+            if name not in NAME_PARTS and extra >= per_record:
                 break
             text = fns[name](r["text"])
             if text not in made and text.strip():
                 made.add(text)
+                extra += name not in NAME_PARTS
                 out.append({**r, "text": text, "rewrite": name})
     return out
 

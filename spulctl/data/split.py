@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spulctl.data.readers import SPLIT_NAMES
-from spulctl.data.rewrite import entity_pattern
+from spulctl.data.rewrite import entity_pattern, surname_aliases
 from spulctl.errors import DataError, MissingDependencyError, SpulError
 
 Event = Callable[[dict[str, Any]], None]
@@ -50,6 +50,8 @@ class SplitConfig:
         forget_fraction: clusters are taken until this share of train records is forget (``cluster``).
         embedder: ``minilm`` (sentence-transformers all-MiniLM-L6-v2) or a model spec (mean-pooled states).
         forget_file: records to forget (``file``).
+        surname_aliases: a forgotten person's surname alone counts as the person too (``entity``; see
+            :func:`spulctl.data.rewrite.surname_aliases` for when a surname qualifies).
     """
 
     by: str = "entity"
@@ -63,6 +65,7 @@ class SplitConfig:
     forget_fraction: float = 0.05
     embedder: str = "minilm"
     forget_file: Path | None = None
+    surname_aliases: bool = True
 
     def __post_init__(self) -> None:
         if self.by not in METHODS:
@@ -219,6 +222,13 @@ def _entity_masks(train: list[dict], test: list[dict], cfg: SplitConfig, emit: E
         detail["ner_truncated_records"] = sum(len(r["text"]) > NER_CHARS for r in train)
         if not entities:
             raise DataError(f"split: spaCy found no PERSON mentioned >= {cfg.min_entity_count} times")
+    if cfg.surname_aliases:
+        aliases = surname_aliases(entities, [r["text"] for r in train + test])
+        detail["surname_aliases"] = aliases
+        if aliases:
+            emit({"kind": "note", "message": "surnames that stand for a forgotten person on their own: "
+                                             + ", ".join(f"{s} ({f})" for s, f in aliases.items())})
+        entities = entities + list(aliases)
     pattern = entity_pattern(entities)
     per_entity = Counter(m.group(0).lower() for r in train + test for m in pattern.finditer(r["text"]))
     detail["entities"] = {e.lower(): per_entity.get(e.lower(), 0) for e in entities}
