@@ -1,8 +1,12 @@
 """Familiarize: fit the base model to the task (LoRA or QLoRA), merge, save a plain HF directory.
 
 The paper familiarizes the model with train_forget ∪ train_retain before unlearning, so there is something to
-forget. The loss is on the label-word tokens only (answer-only head: no [B, T, V] logits). QLoRA trains the
-adapter on an NF4 base and merges it into a full-precision copy of the base at the end.
+forget. The loss is on the label-word tokens only (answer-only head: no [B, T, V] logits). QLoRA trains the adapter
+on an NF4 base and merges it into a full-precision copy of the base at the end.
+
+With ``never_seen`` (``--never-seen``) train_forget is left out entirely: the result is the model that never saw
+the forget set, the reference an unlearned model is compared with (its forget accuracy in ``eval``; the reference
+membership-inference attack of ``eval --mia-reference``).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class FamiliarizeConfig:
         eval_batch_size: batch size of the final evaluation.
         max_length: tokens per example; longer texts are cut (:mod:`spulctl.data.truncate`). None: the model's
             context window.
+        never_seen: train on train_retain only (train_forget is neither read nor required); the manifest records
+            it (``never_seen: true``, ``records.train_forget: 0``).
     """
 
     model: str
@@ -76,6 +82,7 @@ class FamiliarizeConfig:
     eval_batch_size: int = 32
     recipe: dict[str, Any] | None = None  # the --config recipe (path, sha256, content), copied into the manifest
     max_length: int | None = None
+    never_seen: bool = False
 
 
 class _LabelObjective:
@@ -104,7 +111,8 @@ class _LabelObjective:
 
 def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = False,
                 on_event: Callable[[dict], None] | None = None) -> dict:
-    """Fit LoRA/QLoRA on train_forget ∪ train_retain, merge, save, evaluate on the test splits.
+    """Fit LoRA/QLoRA on train_forget ∪ train_retain (train_retain only with ``never_seen``), merge, save, evaluate
+    on the test splits.
 
     Returns:
         The manifest written next to the model (base fingerprint, data hashes, config, metrics).
@@ -121,11 +129,14 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"
     if not (resume and ckpt.is_dir()):  # --resume with nothing to resume still must not clobber an output
         check_output_dir(cfg.out, overwrite)
-    forget, retain = load_split(cfg.splits, "train_forget", note), load_split(cfg.splits, "train_retain", note)
+    trained_on = ("train_retain",) if cfg.never_seen else ("train_forget", "train_retain")
+    forget = [] if cfg.never_seen else load_split(cfg.splits, "train_forget", note)
+    retain = load_split(cfg.splits, "train_retain", note)
     if cfg.retain_limit is not None and cfg.retain_limit < len(retain):
         retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)
     records = forget + retain
-    note(f"training on {len(forget)} forget + {len(retain)} retain records")
+    note(f"training on {len(forget)} forget + {len(retain)} retain records"
+         + (" (--never-seen: train_forget left out)" if cfg.never_seen else ""))
     torch.manual_seed(cfg.train.seed)
     model, tok = load_model(cfg.model, load_in_4bit=cfg.load_in_4bit, progress=note)
     base_fp = fingerprint(model)
@@ -140,9 +151,10 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     examples = encode(records, cfg.task, tok, vocab, max_length=max_length)
     truncation = {"max_length": max_length, "policy": POLICY, "truncated": sum(e.truncated for e in examples)}
     truncation_note(emit, "familiarize", truncation["truncated"], len(examples), max_length)
-    data_hashes = {n: sha256_file(find_split_file(cfg.splits, n)) for n in ("train_forget", "train_retain")}
+    data_hashes = {n: sha256_file(find_split_file(cfg.splits, n)) for n in trained_on}
     run_key = {"model": cfg.model, "data": data_hashes, "lora": asdict(cfg.lora), "4bit": cfg.load_in_4bit,
-               "retain_limit": cfg.retain_limit, "task": cfg.task.to_dict(), "max_length": max_length}
+               "retain_limit": cfg.retain_limit, "task": cfg.task.to_dict(), "max_length": max_length,
+               **({"never_seen": True} if cfg.never_seen else {})}  # older checkpoints keep their key
     result = fit(_LabelObjective(model, examples, tok.pad_token_id), cfg.train, ckpt, resume, emit, run_key)
     model.eval()
     if cfg.load_in_4bit:
@@ -153,8 +165,8 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
                               max_length=max_length)
     manifest = {
         "kind": "familiarized-model", "base_model": cfg.model, "base_fingerprint": base_fp,
-        "fingerprint": fingerprint(merged), "data_sha256": data_hashes,
-        "records": {"train_forget": len(forget), "train_retain": len(retain)},
+        "fingerprint": fingerprint(merged), "data_sha256": data_hashes, "never_seen": cfg.never_seen,
+        "trained_on": list(trained_on), "records": {"train_forget": len(forget), "train_retain": len(retain)},
         "lora": asdict(cfg.lora), "load_in_4bit": cfg.load_in_4bit, "train": asdict(cfg.train),
         "task": cfg.task.to_dict(), "steps": result.steps, "train_seconds": round(result.seconds, 1),
         "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history, "metrics": metrics,

@@ -52,8 +52,11 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
              ignore_fingerprint: bool = False, mia: bool = False, plots: Path | None = None,
              robustness: bool = False, kernels: str = "auto", dtype: str = "auto", backend: str = "torch",
              on_event: Event | None = None, max_length: int | None = None,
-             recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+             recipe: dict[str, Any] | None = None, mia_reference: str | None = None) -> dict[str, Any]:
     """``spulctl eval``: score the model (and bundle, and comparisons), check gates, write the report.
+
+    ``mia_reference`` (a model spec, e.g. one familiarized with ``--never-seen``) adds the reference attack to
+    membership inference (and turns it on); the report's ``mia_reference`` names it, or says it was skipped.
 
     ``recipe`` (the ``--config`` file's path, sha256 and content) is copied into the report.
 
@@ -87,14 +90,18 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
 
         raise SpulError(f"--compare: subject names must be unique, got {names}")
     gates = dict(gates or {})
-    mia = mia or gates.get("max_mia_auc") is not None
+    mia = mia or gates.get("max_mia_auc") is not None or mia_reference is not None
     results, mia_results = evaluate_subjects(subjects, splits, limit, batch_size, emit, ignore_fingerprint, mia,
-                                             robustness, kernels, dtype, backend, max_length)
+                                             robustness, kernels, dtype, backend, max_length, mia_reference)
     primary = "bundle" if bundle is not None else "model"
     checked = check_gates(results[primary], results["model"], mia=mia_results.get(primary), **gates)
     report = build_report(results, "model", subjects, splits, limit, checked, mia_results)
     report["primary"] = primary
     report["backend"] = backend
+    if mia:
+        from spulctl.evaluate.mia import reference_info
+
+        report["mia_reference"] = reference_info(mia_reference)
     if recipe is not None:
         report["recipe"] = recipe
     from spulctl.data.truncate import POLICY

@@ -140,3 +140,20 @@ def test_qlora_on_cpu_merges_into_full_precision(tiny_model_dir: Path, demo_spli
     assert all(w.dtype == torch.float32 for w in weights.values())
     base = _weights(tiny_model_dir)
     assert any(not torch.equal(base[k], weights[k]) for k in base), "the adapter was merged"
+
+
+def test_never_seen_trains_on_train_retain_only(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    from spulctl.data.readers import load_split
+
+    events: list[dict] = []
+    cfg = _cfg(tiny_model_dir, demo_splits, tmp_path / "never", max_steps=2)
+    cfg.never_seen, cfg.retain_limit = True, None
+    manifest = familiarize(cfg, on_event=events.append)
+    n_retain = len(load_split(demo_splits, "train_retain"))
+    assert len(load_split(demo_splits, "train_forget")) > 0  # there was something to leave out
+    assert next(e for e in events if e["kind"] == "start")["examples"] == n_retain
+    assert any("training on 0 forget + " in e.get("message", "") and "--never-seen" in e["message"] for e in events)
+    assert manifest["never_seen"] is True and manifest["records"] == {"train_forget": 0, "train_retain": n_retain}
+    assert json.loads((tmp_path / "never" / MANIFEST).read_text())["never_seen"] is True
+    plain = familiarize(_cfg(tiny_model_dir, demo_splits, tmp_path / "plain", max_steps=1))
+    assert plain["never_seen"] is False and plain["records"]["train_forget"] > 0

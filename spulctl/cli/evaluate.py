@@ -42,7 +42,11 @@ def eval_(
     max_retain_drop: Annotated[float | None, typer.Option(help="Gate: test_retain drop vs --model, points.")] = None,
     min_retain_acc: Annotated[float | None, typer.Option(help="Gate: test_retain accuracy % at least.")] = None,
     max_mia_auc: Annotated[float | None, typer.Option(help="Gate: forget membership-inference AUC at most.")] = None,
-    mia: Annotated[bool, typer.Option("--mia", help="Run membership inference (loss, Min-k% prob).")] = False,
+    mia: Annotated[bool, typer.Option("--mia", help="Run membership inference (loss, Min-k% prob, zlib; "
+                                                    "reference with --mia-reference).")] = False,
+    mia_reference: Annotated[str | None, typer.Option(
+        "--mia-reference", help="Reference model for the likelihood-ratio attack (implies --mia), e.g. a model "
+        "familiarized with --never-seen.", show_default=False)] = None,
     plots: Annotated[Path | None, typer.Option(help="Write tsne.png and tradeoff.png here.")] = None,
     robustness: Annotated[bool, typer.Option("--robustness", help="Score rewritten forget queries too.")] = False,
     kernels: Annotated[str, typer.Option(help="auto | triton | torch (fused head for the MIA token scores).")]
@@ -71,7 +75,8 @@ def eval_(
         report = run_eval(model, folder, out, bundle=bundle, compare=compare, limit=limit, batch_size=batch_size,
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
                           mia=mia, plots=plots, robustness=robustness, kernels=kernels, dtype=dtype,
-                          backend=backend, recipe=config, on_event=events, max_length=max_length)
+                          backend=backend, recipe=config, on_event=events, max_length=max_length,
+                          mia_reference=mia_reference)
     _print_report(report)
     if any(not g["passed"] for g in report["gates"]):
         raise typer.Exit(1)
@@ -92,9 +97,14 @@ def _print_report(report: dict) -> None:
                            if k.startswith("probe:"))
         if probes:
             console.print(f"rewritten forget queries, {name}: {probes}")
+    from spulctl.evaluate.mia import ATTACK_NAMES
+
     for name, sides in report["mia"].items():
         for side, att in sides.items():
-            console.print(f"MIA {name} {side}: loss AUC {att['loss']['auc']:.3f}, Min-k% AUC {att['min_k']['auc']:.3f}")
+            aucs = ", ".join(f"{ATTACK_NAMES.get(a, a)} AUC {m['auc']:.3f}" for a, m in att.items())
+            console.print(f"MIA {name} {side}: {aucs}", highlight=False, soft_wrap=True)
+    if report["mia"] and (report.get("mia_reference") or {}).get("model") is None:
+        console.print("MIA reference attack skipped (no --mia-reference)", highlight=False, soft_wrap=True)
     for g in report["gates"]:
         (err_console if not g["passed"] else console).print(("FAIL " if not g["passed"] else "pass ") + g["detail"],
                                                             highlight=False, soft_wrap=True)

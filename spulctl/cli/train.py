@@ -42,6 +42,9 @@ def familiarize(
     model: ModelOpt = "smollm2-135m",
     load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="QLoRA: NF4 base (bitsandbytes).")] = False,
     retain_limit: Annotated[int | None, typer.Option(help="Random subset of train_retain of this size.")] = None,
+    never_seen: Annotated[bool, typer.Option("--never-seen", help="Train on train_retain only (train_forget left "
+                                             "out): a model that never saw the forget set, as a reference.")]
+    = False,
     epochs: EpochsOpt = 1,
     lr: LrOpt = 2e-4,
     batch_size: BatchSizeOpt = 16,
@@ -58,7 +61,8 @@ def familiarize(
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Fit LoRA/QLoRA on train_forget ∪ train_retain (loss on the label word), merge and save."""
+    """Fit LoRA/QLoRA on train_forget ∪ train_retain (only train_retain with --never-seen; loss on the label word),
+    merge and save."""
     values = dict(locals())
     from spulctl.familiarize import FamiliarizeConfig, LoraSettings
     from spulctl.familiarize import familiarize as run
@@ -70,7 +74,8 @@ def familiarize(
                train=fill(TrainConfig, values, max_grad_norm=1.0, weight_decay=0.0), recipe=config)
     with RichEvents(console) as events:
         manifest = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
-    print_metrics(manifest["metrics"], f"familiarized model saved to {out}")
+    what = " (never saw train_forget)" if never_seen else ""
+    print_metrics(manifest["metrics"], f"familiarized model{what} saved to {out}")
 
 
 @handle_errors

@@ -61,7 +61,8 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
                       ignore_fingerprint: bool = False, mia: bool = False,
                       robustness: bool = False, kernels: str = "auto",
                       dtype: str = "auto", backend: str = "torch",
-                      max_length: int | None = None) -> tuple[Results, dict[str, dict]]:
+                      max_length: int | None = None,
+                      mia_reference: str | None = None) -> tuple[Results, dict[str, dict]]:
     """Score every subject on every split present (and, with ``robustness``, on rewritten forget queries,
     stored as ``probe:<name>`` entries).
 
@@ -70,7 +71,8 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     ``onnx`` scores the splits (and probes) through each subject's ONNX Runtime export instead of torch
     (:mod:`spulctl.evaluate.onnx_backend`); membership inference still runs in torch. ``max_length`` bounds every
     example (:mod:`spulctl.data.truncate`; None: each subject's context window minus its prompt); each split's
-    metrics count the records cut (``truncated``).
+    metrics count the records cut (``truncated``). ``mia_reference`` (a model spec) adds the reference attack to
+    membership inference: it is scored first, alone in memory (:func:`spulctl.evaluate.mia.reference_logliks`).
 
     Returns:
         subject -> split -> metrics, and (with ``mia``) subject -> membership-inference results.
@@ -80,7 +82,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     from spulctl.data.task import TaskSpec, label_vocab
     from spulctl.data.truncate import resolve_max_length
     from spulctl.evaluate.metrics import score_records
-    from spulctl.evaluate.mia import membership_inference
+    from spulctl.evaluate.mia import membership_inference, reference_key, reference_logliks
     from spulctl.loss import resolve_kernels
     from spulctl.models import load_model
     from spulctl.step import prompted_logits
@@ -105,6 +107,8 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     mia_results: dict[str, dict] = {}
     if backend not in BACKENDS:
         raise SpulError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    reference = (reference_logliks(mia_reference, _reference_needs(subjects), records, emit, dtype, max_length)
+                 if mia and mia_reference else {})
     for subj in subjects:
         if backend == "onnx":
             from spulctl.evaluate.onnx_backend import OnnxSubject
@@ -135,9 +139,26 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
 
             results[subj.name] = _score_all(score, subj.name, records, probes)
         if mia:
+            ref = reference.get(reference_key(task, 0 if phi is None else int(phi.shape[0])))
             mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name, which,
-                                                          limit_len)
+                                                          limit_len, reference=ref)
     return results, mia_results
+
+
+def _reference_needs(subjects: list[Subject]) -> dict[str, tuple[Any, int]]:
+    """Each distinct (task, soft-prompt length) among the subjects: what the reference model is scored under."""
+    from spulctl.bundle import load_bundle
+    from spulctl.data.task import TaskSpec
+    from spulctl.evaluate.mia import reference_key
+
+    needs: dict[str, tuple[Any, int]] = {}
+    for subj in subjects:
+        task, p = TaskSpec(), 0
+        if subj.bundle is not None:
+            bundle = load_bundle(subj.bundle)
+            task, p = bundle.task(), int(bundle.prompt.shape[0])
+        needs[reference_key(task, p)] = (task, p)
+    return needs
 
 
 def _score_all(score: Callable[[list[dict], str], dict], name: str, records: dict[str, list[dict]],
@@ -161,8 +182,10 @@ def split_score(after: dict[str, dict], before: dict[str, dict]) -> float | None
 
 def build_report(results: dict[str, dict[str, dict]], reference: str, subjects: list[Subject], splits: Path,
                  limit: int | None, gates: list | None = None, mia: dict[str, dict] | None = None) -> dict[str, Any]:
-    """The machine-readable report (``report.json``)."""
+    """The machine-readable report (``report.json``); a subject's ``never_seen`` says whether its model was
+    familiarized without train_forget (``familiarize --never-seen``; None: not a familiarized model)."""
     from spulctl import __version__
+    from spulctl.evaluate.mia import never_seen
 
     deltas = {}
     for name, per_split in results.items():
@@ -171,8 +194,8 @@ def build_report(results: dict[str, dict[str, dict]], reference: str, subjects: 
     return {
         "schema_version": SCHEMA_VERSION, "spulctl_version": __version__, "splits": str(splits), "limit": limit,
         "reference": reference,
-        "subjects": [{"name": s.name, "model": s.model, "bundle": str(s.bundle) if s.bundle else None}
-                     for s in subjects],
+        "subjects": [{"name": s.name, "model": s.model, "bundle": str(s.bundle) if s.bundle else None,
+                      "never_seen": never_seen(s.model)} for s in subjects],
         "results": results, "deltas": deltas, "mia": mia or {},
         "aggregate": {name: split_score(per_split, results.get(reference, {})) for name, per_split in results.items()},
         "gates": [g.__dict__ for g in gates or []],
@@ -194,6 +217,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                          else f"{m['accuracy']:.1f}")
             cells.append("–" if m is None else f"{m['f1_weighted']:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    unseen = [s["name"] for s in report.get("subjects", []) if s.get("never_seen")]
+    if unseen:
+        lines += ["", "Never-seen reference: " + ", ".join(f"`{n}`" for n in unseen) + " familiarized with "
+                  "`--never-seen` (train_retain only): its forget accuracy is that of a model that never saw "
+                  "train_forget."]
     scores = {k: v for k, v in (report.get("aggregate") or {}).items() if v is not None and k != report["reference"]}
     if scores:
         lines += ["", f"Aggregate score vs `{report['reference']}` (harmonic mean of test_retain kept and test_forget "
@@ -216,16 +244,36 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{per[p]['accuracy']:.1f} (n={per[p]['n']})" if p in per
                                                      else "–" for p in probe_names) + " |")
     if report.get("mia"):
-        lines += ["", "Membership inference (members = train split, non-members = test split; AUC 0.5 = cannot "
-                  "tell):", "", "| subject | side | loss AUC | loss TPR@1%FPR | Min-k% AUC | Min-k% TPR@1%FPR |",
-                  "| --- | --- | ---: | ---: | ---: | ---: |"]
-        for name, sides in report["mia"].items():
-            for side, att in sides.items():
-                lines.append(f"| {name} | {side} | {att['loss']['auc']:.3f} | {att['loss']['tpr@0.01fpr']:.3f} | "
-                             f"{att['min_k']['auc']:.3f} | {att['min_k']['tpr@0.01fpr']:.3f} |")
+        lines += _mia_markdown(report)
     if report["gates"]:
         lines += ["", "Gates:", ""] + [f"- {'PASS' if g['passed'] else 'FAIL'} {g['detail']}" for g in report["gates"]]
     return "\n".join(lines) + "\n"
+
+
+def _mia_markdown(report: dict[str, Any]) -> list[str]:
+    """The membership-inference table (one AUC and TPR column pair per attack run) and the reference model."""
+    from spulctl.evaluate.mia import ATTACK_NAMES, ATTACKS
+
+    rows = [(name, side, att) for name, sides in report["mia"].items() for side, att in sides.items()]
+    attacks = [a for a in ATTACKS if any(a in att for _, _, att in rows)]
+    lines = ["", "Membership inference (members = train split, non-members = test split; higher score = more "
+             "member-like; AUC 0.5 = cannot tell):", "",
+             "| subject | side | " + " | ".join(f"{ATTACK_NAMES[a]} AUC | {ATTACK_NAMES[a]} TPR@1%FPR"
+                                                 for a in attacks) + " |",
+             "| --- | --- | " + " | ".join("---: | ---:" for _ in attacks) + " |"]
+    for name, side, att in rows:
+        cells = [f"{att[a]['auc']:.3f} | {att[a]['tpr@0.01fpr']:.3f}" if a in att else "– | –" for a in attacks]
+        lines.append(f"| {name} | {side} | " + " | ".join(cells) + " |")
+    ref = report.get("mia_reference") or {}
+    if ref.get("model") is None:
+        lines += ["", f"Reference attack skipped: {ref.get('skipped', 'no --mia-reference given')}."]
+    else:
+        what = {True: "familiarized with `--never-seen`: it never saw train_forget",
+                False: "familiarized on train_forget too: not a never-seen reference"}.get(ref.get("never_seen"),
+                                                                                           "not a familiarized model")
+        lines += ["", f"Reference model: `{ref['model']}` ({what}); score = target − reference label-word "
+                  "log-likelihood."]
+    return lines
 
 
 def write_report(report: dict[str, Any], out: Path, overwrite: bool,
