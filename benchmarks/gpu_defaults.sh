@@ -75,6 +75,10 @@ fam() {
             --eval-limit 1000 >$W/fam-$s.log 2>&1 &
         pids+=($!)
     done
+    # the "never seen" reference: the same recipe on train_retain only (g-top10)
+    timeout 300 $PY -m spulctl familiarize $W/data/g-top10 -o $W/never-g-top10 --model smollm2-135m --never-seen \
+        --retain-limit 4000 --eval-limit 1000 >$W/never-g-top10.log 2>&1 &
+    pids+=($!)
     for p in "${pids[@]}"; do wait "$p" || true; done
     for s in $SPLITS; do echo "fam-$s: $(tail -c 600 $W/fam-$s.log | tr '\n' ' ' | tail -c 300)"; done
     log fam done
@@ -100,6 +104,8 @@ report() {
     for s in $SPLITS; do
         local cmp=()
         for seed in 0 1 2; do [ -f $W/u-$s-s$seed/bundle.json ] && cmp+=(--compare "seed$seed=$W/u-$s-s$seed"); done
+        [ "$s" = g-top10 ] && [ -f $W/never-g-top10/config.json ] \
+            && cmp+=(--compare "never-seen=$W/never-g-top10" --mia-reference $W/never-g-top10)
         timeout 240 $PY -m spulctl eval --model $W/fam-$s --splits $W/data/$s "${cmp[@]}" --robustness --limit 2000 \
             --dtype float32 -o $W/rep-$s >$W/rep-$s.log 2>&1 &
         pids+=($!)
