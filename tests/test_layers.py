@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("spulctl.methods", 7, "methods"), ("spulctl.data.selfgen", 7, "reveal"), ("spulctl.reveal", 7, "reveal"),
     ("spulctl.evaluate", 6, "evaluate"),
     ("spulctl.export", 5, "export"), ("spulctl.bundle_peft", 5, "export"), ("spulctl.train", 5, "train"),
-    ("spulctl.bundle", 4, "bundle"), ("spulctl.data.split", 4, "split"),
+    ("spulctl.bundle", 4, "bundle"), ("spulctl.data.split", 4, "split"), ("spulctl.data.ner_split", 4, "split"),
     ("spulctl.step", 3, "step"), ("spulctl.loss", 3, "step"), ("spulctl.attention", 3, "step"),
     ("spulctl.lean_mlp", 3, "step"), ("spulctl.prompt", 3, "step"), ("spulctl.cuda_graphs", 3, "step"),
     ("spulctl.kernels", 2, "kernels"), ("spulctl.models", 2, "models"), ("spulctl.data", 2, "data"),
