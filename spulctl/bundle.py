@@ -191,15 +191,15 @@ def check_fingerprint(bundle: Bundle, model: nn.Module, ignore: bool = False) ->
     Raises:
         BundleError: fingerprints differ and ``ignore`` is False.
     """
-    from spulctl.models import fingerprint
+    from spulctl.models import fingerprint_matches
 
     if model.config.hidden_size != bundle.prompt.shape[1]:
         raise BundleError(f"{bundle.path}: prompt dim {bundle.prompt.shape[1]} != model hidden size "
                           f"{model.config.hidden_size} (bundle is for another model)")
     if ignore:
         return
-    have = fingerprint(model)
-    if have != bundle.fingerprint:
+    same, have = fingerprint_matches(bundle.fingerprint, model)
+    if not same:
         raise BundleError(f"{bundle.path}: trained for model {bundle.fingerprint[:19]}… "
                           f"({bundle.meta['base_model'].get('spec')}), this model is {have[:19]}… "
                           "(pass --ignore-fingerprint to use it anyway)")

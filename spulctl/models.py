@@ -336,28 +336,45 @@ def _dtype(name: str, device: str) -> torch.dtype:
 
 
 def fingerprint(model: PreTrainedModel) -> str:
-    """Hash what a soft prompt depends on.
+    """Hash what a soft prompt depends on, independent of the precision the model was loaded in.
 
     Covers the canonical config, the full input-embedding and output-head weights, and a strided sample (every
     1009th element) of every other weight tensor: LoRA-familiarized models keep the base's embeddings and head,
-    so without the sample a bundle for ``fam/`` would pass on the vanilla model.
+    so without the sample a bundle for ``fam/`` would pass on the vanilla model. Every weight is rounded to
+    bfloat16 before hashing, so one model loaded in fp32 (the CPU default) or bf16 (``auto`` on CUDA) has one
+    fingerprint and a bundle trained on either verifies on both.
 
     Returns:
-        ``sha256:<hex>``.
+        ``sha256b:<hex>`` (``sha256:`` marks the earlier, exact-fp32 scheme that :func:`fingerprint_matches`
+        still accepts).
     """
+    return "sha256b:" + _weights_hash(model, rounded=True)
+
+
+def fingerprint_matches(stored: str, model: PreTrainedModel) -> tuple[bool, str]:
+    """Whether ``model`` has the fingerprint ``stored`` (either scheme); returns the model's own in that scheme."""
+    have = "sha256:" + _weights_hash(model, rounded=False) if stored.startswith("sha256:") else fingerprint(model)
+    return have == stored, have
+
+
+def _weights_hash(model: PreTrainedModel, rounded: bool) -> str:
     import torch
+
+    def canon(w: torch.Tensor) -> torch.Tensor:
+        w = w.detach()
+        return (w.to(torch.bfloat16) if rounded else w).to("cpu", torch.float32).contiguous()
 
     cfg = {k: v for k, v in sorted(model.config.to_dict().items()) if k not in _VOLATILE_CONFIG_KEYS}
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
     for module in (model.get_input_embeddings(), model.get_output_embeddings()):
-        w = module.weight.detach().to("cpu", torch.float32).contiguous()
+        w = canon(module.weight)
         h.update(str(tuple(w.shape)).encode())
         h.update(w.numpy().tobytes())
     for name, w in sorted(model.state_dict().items()):
         if w.is_floating_point():
             h.update(name.encode())
-            h.update(w.detach().flatten()[::1009].to("cpu", torch.float32).numpy().tobytes())
-    return "sha256:" + h.hexdigest()
+            h.update(canon(w.flatten()[::1009]).numpy().tobytes())
+    return h.hexdigest()
 
 
 def model_info(spec: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from spulctl.cli import app
 from spulctl.errors import ModelError
-from spulctl.models import ALIASES, fingerprint, load_model, pull, resolve
+from spulctl.models import ALIASES, fingerprint, fingerprint_matches, load_model, pull, resolve
 
 
 def test_resolve_kinds(tiny_model_dir: Path, tmp_path: Path):
@@ -54,10 +54,22 @@ def test_fingerprint_is_stable_and_sensitive(tiny_model_dir: Path):
     a, _ = load_model(str(tiny_model_dir), device="cpu")
     b, _ = load_model(str(tiny_model_dir), device="cpu")
     assert fingerprint(a) == fingerprint(b)
-    assert fingerprint(a).startswith("sha256:")
+    assert fingerprint(a).startswith("sha256b:")
     with torch.no_grad():
-        b.get_input_embeddings().weight[0, 0] += 1e-3
+        b.get_input_embeddings().weight[0, 0] += 0.05
     assert fingerprint(a) != fingerprint(b)
+
+
+def test_fingerprint_is_the_same_in_fp32_and_bf16_and_accepts_the_exact_scheme(tiny_model_dir: Path):
+    from spulctl.models import _weights_hash, fingerprint_matches
+
+    fp32, _ = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    bf16, _ = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    assert fingerprint(fp32) == fingerprint(bf16)  # a GPU run's (bf16) bundle verifies on the CPU (fp32)
+    legacy = "sha256:" + _weights_hash(fp32, rounded=False)  # bundles written before the bf16-rounded scheme
+    assert fingerprint_matches(legacy, fp32) == (True, legacy)
+    assert not fingerprint_matches(legacy, bf16)[0]  # the exact scheme still tells the precisions apart
+    assert fingerprint_matches(fingerprint(fp32), bf16)[0]
 
 
 def test_models_info_and_bad_spec_exit_code(tiny_model_dir: Path):
@@ -90,7 +102,7 @@ def test_pull_smollm2_gives_a_plain_safetensors_dir(tmp_path: Path):
     assert list(path.glob("*.safetensors"))
     meta = json.loads((path / "spulctl-model.json").read_text())
     model, _ = load_model("smollm2-135m", device="cpu")
-    assert meta["fingerprint"] == fingerprint(model)
+    assert fingerprint_matches(meta["fingerprint"], model)[0]  # a cache pulled before sha256b: still checks
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
 
 
