@@ -13,7 +13,9 @@
 #   unlearn  `spulctl unlearn --model fam --splits S -o b --seed N --dtype float32`: nothing else (the CPU
 #            default precision is fp32; on CUDA `auto` would pick bf16), 3 seeds × 4 splits, all in parallel
 #   report   `spulctl eval` per split: the familiarized model and the three seeds' bundles, robustness probes
-#   ablate   one-flag changes of the defaults on two splits, if time is left
+#   ablate   one-flag changes of the defaults on the two large splits (step cap, lr, augmentation, share,
+#            P-tuning), if time is left; a later lease can run `model fam ablate` alone
+#            (ABLATE_AFTER=600 ABLATE_SPLITS="g-large sst2-spul")
 #
 # Everything the runs write (bundle.json, reports, logs; no weights) comes back as $OUT/defaults.tar.gz.
 set -uo pipefail
@@ -115,14 +117,14 @@ report() {
     pack
 }
 
-ablate() {  # NAME SPLIT FLAGS...: one-flag changes of the defaults, in parallel, while time is left
-    if [ $((SECONDS - T0)) -gt 330 ]; then log "ablate skipped (time)"; return; fi
+ablate() {  # one-flag changes of the defaults on the two large splits (where the defaults fail), in parallel
+    if [ $((SECONDS - T0)) -gt ${ABLATE_AFTER:-330} ]; then log "ablate skipped (time)"; return; fi
     local pids=() s
-    for s in g-top10 sst2-spul; do
-        for v in "pt:--prompt-encoder mlp" "lr3e-3:--lr 3e-3" "lr3e-2:--lr 3e-2" "init-vocab:--prompt-init vocab" \
-                 "no-select:--no-select" "no-augment:--no-augment" "kl-reverse:--kl-direction reverse"; do
+    for s in ${ABLATE_SPLITS:-g-large sst2-spul}; do
+        for v in "b1800:--budget-steps 1800" "lr3e-3:--lr 3e-3" "lr3e-3-b1800:--lr 3e-3 --budget-steps 1800" \
+                 "no-augment:--no-augment" "share0.25:--forget-share 0.25" "ptuning:--prompt-encoder mlp"; do
             local name=${v%%:*} flags=${v#*:}
-            ( t=$SECONDS; timeout 240 $PY -m spulctl unlearn --model $W/fam-$s --splits $W/data/$s \
+            ( t=$SECONDS; timeout ${ABLATE_TIMEOUT:-420} $PY -m spulctl unlearn --model $W/fam-$s --splits $W/data/$s \
                 -o $W/a-$s-$name --dtype float32 $flags >$W/a-$s-$name.log 2>&1
               echo "a-$s-$name exit $? wall $((SECONDS - t)) s" >>$W/walls.txt ) &
             pids+=($!)
