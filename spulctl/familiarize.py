@@ -1,8 +1,10 @@
 """Familiarize: fit the base model to the task (LoRA or QLoRA), merge, save a plain HF directory.
 
 The paper familiarizes the model with train_forget ∪ train_retain before unlearning, so there is something to
-forget. The loss is on the label-word tokens only (answer-only head: no [B, T, V] logits). QLoRA trains the adapter
-on an NF4 base and merges it into a full-precision copy of the base at the end.
+forget. The loss is on the label-word tokens only (answer-only head: no [B, T, V] logits); on NER splits
+(``spulctl data ner``) it is on every token of the answer (teacher forcing) and the test splits are scored by
+generation (per-type precision / recall / F1). QLoRA trains the adapter on an NF4 base and merges it into a
+full-precision copy of the base at the end.
 
 With ``never_seen`` (``--never-seen``) train_forget is left out entirely: the result is the model that never saw
 the forget set, the reference an unlearned model is compared with (its forget accuracy in ``eval``; the reference
@@ -17,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spulctl.data.ner import load_ner_split
 from spulctl.data.readers import find_split_file, load_split
-from spulctl.data.task import TaskSpec
+from spulctl.data.task import TaskSpec, is_generative, task_for_splits
 from spulctl.errors import SpulError
 from spulctl.io import check_output_dir, sha256_file, staged_dir, write_json_atomic
 from spulctl.train import TrainConfig, fit
@@ -86,7 +89,8 @@ class FamiliarizeConfig:
 
 
 class _LabelObjective:
-    """CE on the label-word tokens at the answer positions (what familiarization minimises)."""
+    """CE on the target tokens at the answer positions (what familiarization minimises): the label word, or every
+    token of an NER answer."""
 
     def __init__(self, model, examples, pad_id: int) -> None:
         self.model, self.examples, self.pad_id = model, examples, pad_id
@@ -130,8 +134,10 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     if not (resume and ckpt.is_dir()):  # --resume with nothing to resume still must not clobber an output
         check_output_dir(cfg.out, overwrite)
     trained_on = ("train_retain",) if cfg.never_seen else ("train_forget", "train_retain")
-    forget = [] if cfg.never_seen else load_split(cfg.splits, "train_forget", note)
-    retain = load_split(cfg.splits, "train_retain", note)
+    task = task_for_splits(cfg.task, cfg.splits)  # cfg.task itself unless the splits are NER splits
+    load = load_ner_split if is_generative(task) else load_split
+    forget = [] if cfg.never_seen else load(cfg.splits, "train_forget", note)
+    retain = load(cfg.splits, "train_retain", note)
     if cfg.retain_limit is not None and cfg.retain_limit < len(retain):
         retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)
     records = forget + retain
@@ -146,14 +152,19 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, cfg.lora.peft_config())
     model.train()
-    vocab = label_vocab(cfg.task, tok)
     max_length = resolve_max_length(model.config, 0, cfg.max_length)
-    examples = encode(records, cfg.task, tok, vocab, max_length=max_length)
+    if is_generative(task):
+        from spulctl.data.ner import encode_ner
+
+        examples = encode_ner(records, task, tok, max_length)
+    else:
+        vocab = label_vocab(cfg.task, tok)
+        examples = encode(records, cfg.task, tok, vocab, max_length=max_length)
     truncation = {"max_length": max_length, "policy": POLICY, "truncated": sum(e.truncated for e in examples)}
     truncation_note(emit, "familiarize", truncation["truncated"], len(examples), max_length)
     data_hashes = {n: sha256_file(find_split_file(cfg.splits, n)) for n in trained_on}
     run_key = {"model": cfg.model, "data": data_hashes, "lora": asdict(cfg.lora), "4bit": cfg.load_in_4bit,
-               "retain_limit": cfg.retain_limit, "task": cfg.task.to_dict(), "max_length": max_length,
+               "retain_limit": cfg.retain_limit, "task": task.to_dict(), "max_length": max_length,
                **({"never_seen": True} if cfg.never_seen else {})}  # older checkpoints keep their key
     result = fit(_LabelObjective(model, examples, tok.pad_token_id), cfg.train, ckpt, resume, emit, run_key)
     model.eval()
@@ -161,14 +172,14 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
         merged = _merge_into_full_precision(cfg, get_peft_model_state_dict(model), note)
     else:
         merged = model.merge_and_unload()
-    metrics = evaluate_splits(merged, tok, cfg.task, cfg.splits, cfg.eval_limit, cfg.eval_batch_size, emit,
+    metrics = evaluate_splits(merged, tok, task, cfg.splits, cfg.eval_limit, cfg.eval_batch_size, emit,
                               max_length=max_length)
     manifest = {
         "kind": "familiarized-model", "base_model": cfg.model, "base_fingerprint": base_fp,
         "fingerprint": fingerprint(merged), "data_sha256": data_hashes, "never_seen": cfg.never_seen,
         "trained_on": list(trained_on), "records": {"train_forget": len(forget), "train_retain": len(retain)},
         "lora": asdict(cfg.lora), "load_in_4bit": cfg.load_in_4bit, "train": asdict(cfg.train),
-        "task": cfg.task.to_dict(), "steps": result.steps, "train_seconds": round(result.seconds, 1),
+        "task": task.to_dict(), "steps": result.steps, "train_seconds": round(result.seconds, 1),
         "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history, "metrics": metrics,
         "truncation": truncation,
     }
@@ -218,6 +229,10 @@ def evaluate_splits(model, tok, task: TaskSpec, splits: Path, limit: int | None,
 
     if limit == 0:
         return {}
+    if is_generative(task):  # NER: greedy answers scored per entity type (logits_fn does not apply)
+        from spulctl.evaluate.ner_metrics import evaluate_ner_splits
+
+        return evaluate_ner_splits(model, tok, task, splits, limit, batch_size, emit, names, tag, max_length)
     vocab = label_vocab(task, tok)
     out = {}
     for name in names:

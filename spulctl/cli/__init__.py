@@ -4,7 +4,7 @@ One module per command group; this one builds the app and registers their comman
 
 * :mod:`spulctl.cli.common` — consoles, error handling, options declared once, ``--config`` recipe files
 * :mod:`spulctl.cli.models` — ``models list | pull | info``
-* :mod:`spulctl.cli.data` — ``split``
+* :mod:`spulctl.cli.data` — ``split``, ``data ner``
 * :mod:`spulctl.cli.train` — ``familiarize``, ``unlearn``
 * :mod:`spulctl.cli.evaluate` — ``eval``, ``sweep``
 * :mod:`spulctl.cli.deploy` — ``export``, ``predict``
@@ -76,6 +76,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show li
 app.add_typer(models.models_app, name="models")
 app.command()(train.familiarize)
 app.command()(data.split)
+app.add_typer(data.data_app, name="data")
 app.command("eval")(evaluate.eval_)
 app.command()(evaluate.sweep)
 app.command()(deploy.export)

@@ -1,4 +1,5 @@
-"""``spulctl split``: one labelled dataset into train/test × forget/retain."""
+"""``spulctl split`` (one labelled dataset into train/test × forget/retain) and ``spulctl data ner`` (texts into
+NER-task splits)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from spulctl.cli.common import OverwriteOpt, SeedOpt, TextFieldOpt, console, handle_errors
+from spulctl.cli.common import OverwriteOpt, SeedOpt, TextFieldOpt, check_positive, console, handle_errors
+
+data_app = typer.Typer(help="Build task datasets from raw text (ner).", no_args_is_help=True)
 
 
 @handle_errors
@@ -53,3 +56,36 @@ def split(
         console.print("entities: " + ", ".join(f"{e} ({n})" for e, n in info["entities"].items()))
     if info.get("dropped_cross_duplicates"):
         console.print(f"dropped {info['dropped_cross_duplicates']} retain records whose text is also a forget text")
+
+
+@data_app.command("ner")
+@handle_errors
+def ner(
+    texts: Annotated[str, typer.Argument(help="Texts: .jsonl/.csv/.tsv/.parquet or a hub name (labels ignored).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output splits directory.")],
+    limit: Annotated[int | None, typer.Option(help="Label at most N unique texts (a seeded random sample).")] = None,
+    test_size: Annotated[float, typer.Option(help="Share of each pool held out as test.")] = 0.3,
+    empty_share: Annotated[float, typer.Option(help="Share of retain made of entity-free records.")] = 0.25,
+    seed: SeedOpt = 0,
+    text_field: TextFieldOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Label texts with spaCy (PERSON, ORG, GPE) and split them for the generative NER task: forget = records naming
+    a person, retain = records naming an ORG or GPE but no person, plus a share of entity-free records."""
+    from spulctl.data.ner_split import NerSplitConfig, run_ner_data
+    from spulctl.progress import RichEvents
+
+    check_positive(limit=limit)
+    cfg = NerSplitConfig(test_size=test_size, empty_share=empty_share, limit=limit, seed=seed)
+    with RichEvents(console) as events:
+        info = run_ner_data(texts, out, cfg, text_field=text_field, overwrite=overwrite, on_event=events)
+    table = Table("split", "records", *[f"with {t}" for t in info["entity_types"]],
+                  *[f"{t} mentions" for t in info["entity_types"]], title=f"NER splits written to {out}")
+    for name, n in info["counts"].items():
+        table.add_row(name, str(n), *[str(info["records_with"][name][t]) for t in info["entity_types"]],
+                      *[str(info["mentions"][name][t]) for t in info["entity_types"]])
+    console.print(table)
+    pools = info["pools"]
+    console.print(f"labelled {info['texts']['labelled']} unique texts with {info['spacy_model']}: "
+                  f"{pools['person']} name a person, {pools['org_gpe_only']} only an ORG/GPE, {pools['none']} none "
+                  f"({pools['none_kept']} of these kept for retain)", highlight=False)

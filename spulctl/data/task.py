@@ -8,12 +8,15 @@ positions ``answer_pos .. answer_pos + k - 1`` predict the ``k`` label tokens (t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spulctl.errors import DataError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from spulctl.data.ner import NerTaskSpec
 
 DEFAULT_TEMPLATE = (
     "### Text: {text}\n\n### Question: What is the sentiment of the given text?\n\n### Sentiment:"
@@ -159,3 +162,16 @@ def encode(
     prompts, cut = fit_prompts([r["text"] for r in records], spec, tokenizer, [max_length - len(t) for t in tgts])
     return [Encoded(ids + tgt, len(ids) - 1, tgt, label, was_cut)
             for ids, tgt, label, was_cut in zip(prompts, tgts, labels, cut, strict=True)]
+
+
+def task_for_splits(task: TaskSpec, splits: str | Path) -> TaskSpec | NerTaskSpec:
+    """The task to train and score ``splits`` with: :class:`~spulctl.data.ner.NerTaskSpec` when ``split.json`` says
+    the splits were built for NER (``spulctl data ner``) and ``task`` is the default sentiment task; else ``task``."""
+    from spulctl.data.ner import NerTaskSpec, is_ner_splits
+
+    return NerTaskSpec() if task == TaskSpec() and is_ner_splits(splits) else task
+
+
+def is_generative(task: object) -> bool:
+    """Whether ``task`` answers with generated text (NER) rather than a label word at one answer position."""
+    return getattr(task, "kind", None) == "ner"
