@@ -77,6 +77,17 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
     from spulctl.io import check_output_dir, write_text_atomic
 
     emit = on_event or (lambda _e: None)
+    from spulctl.data.ner import is_ner_splits
+
+    if is_ner_splits(splits):  # the generative NER task: per-type P/R/F1 (spulctl.evaluate.ner_report)
+        from spulctl.evaluate.ner_report import check_ner_eval_options, run_ner_eval
+
+        others = check_ner_eval_options(bundle, compare or [], mia=mia or mia_reference, plots=plots,
+                                        robustness=robustness, junit=junit, backend=backend != "torch",
+                                        **{k: v is not None for k, v in (gates or {}).items()})
+        report = run_ner_eval([("model", model), *others], splits, out, limit=limit, batch_size=batch_size,
+                              overwrite=overwrite, dtype=dtype, max_length=max_length, on_event=emit, recipe=recipe)
+        return report
     if out is not None:
         check_output_dir(out, overwrite)
     subjects = [Subject("model", model)]

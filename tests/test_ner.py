@@ -234,3 +234,22 @@ def test_familiarize_on_ner_splits(tiny_model_dir: Path, tmp_path: Path):
     assert set(manifest["metrics"]) == {"test_retain", "test_forget"}
     assert manifest["metrics"]["test_forget"]["PERSON"]["fn"] + manifest["metrics"]["test_forget"]["PERSON"][
         "tp"] == 1
+
+
+def test_eval_on_ner_splits_reports_per_type_scores(tiny_model_dir: Path, tmp_path: Path):
+    splits = _ner_splits(tmp_path / "splits")
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", str(splits), "--model", str(tiny_model_dir), "--compare",
+                                 f"again={tiny_model_dir}", "-o", str(out), "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "ner" and set(report["results"]) == {"model", "again"}
+    per = report["results"]["model"]
+    assert set(per) == {"train_retain", "train_forget", "test_retain", "test_forget"}
+    assert all(per[s]["n"] == 1 and set(per[s]) >= {"PERSON", "ORG", "GPE", "all"} for s in per)
+    assert report["results"]["again"] == per, "the same model must score the same (greedy)"
+    assert all(d in (None, 0.0) for s in report["deltas"]["again"].values() for d in s.values())
+    md = (out / "report.md").read_text()
+    assert "PERSON F1 (Δ)" in md and "| again | test_forget | 1 |" in md
+    refused = runner.invoke(app, ["eval", str(splits), "--model", str(tiny_model_dir), "--mia"])
+    assert refused.exit_code == 2 and "--mia is not supported on NER splits" in refused.output

@@ -79,13 +79,23 @@ def ner(
     cfg = NerSplitConfig(test_size=test_size, empty_share=empty_share, limit=limit, seed=seed)
     with RichEvents(console) as events:
         info = run_ner_data(texts, out, cfg, text_field=text_field, overwrite=overwrite, on_event=events)
-    table = Table("split", "records", *[f"with {t}" for t in info["entity_types"]],
-                  *[f"{t} mentions" for t in info["entity_types"]], title=f"NER splits written to {out}")
+    types = info["entity_types"]
+    table = Table("split", "records", *types, title=f"NER splits written to {out} (per type: records / mentions)")
     for name, n in info["counts"].items():
-        table.add_row(name, str(n), *[str(info["records_with"][name][t]) for t in info["entity_types"]],
-                      *[str(info["mentions"][name][t]) for t in info["entity_types"]])
+        table.add_row(name, str(n), *[f"{info['records_with'][name][t]} / {info['mentions'][name][t]}" for t in types])
     console.print(table)
     pools = info["pools"]
     console.print(f"labelled {info['texts']['labelled']} unique texts with {info['spacy_model']}: "
                   f"{pools['person']} name a person, {pools['org_gpe_only']} only an ORG/GPE, {pools['none']} none "
                   f"({pools['none_kept']} of these kept for retain)", highlight=False)
+
+
+def print_ner_report(report: dict) -> None:
+    """The NER eval table: a row per subject and split, P / R / F1 (ΔF1 vs the model) per entity type."""
+    from spulctl.evaluate.ner_report import ner_rows
+
+    head, rows = ner_rows(report)
+    table = Table(*head, title="NER: micro P / R / F1 % per type (Δ F1 vs model)")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

@@ -84,6 +84,11 @@ def eval_(
 
 def _print_report(report: dict) -> None:
     """Accuracy table (Δ vs the model), rewritten-query probes, MIA AUCs, and one line per gate."""
+    if report.get("task") == "ner":  # per-type P/R/F1 (spulctl.evaluate.ner_report)
+        from spulctl.cli.data import print_ner_report
+
+        print_ner_report(report)
+        return
     table = Table("subject", *[f"{s} {ARROWS[s]} %" for s in SPLIT_COLUMNS], title="accuracy (Δ vs model)")
     for name, per in report["results"].items():
         cells = []
