@@ -240,3 +240,24 @@ def weighted_unlearning_loss(hidden: torch.Tensor, targets: torch.Tensor, w_f: t
     if kernels != "triton":
         loss = w.forget * l_f + w.retain * l_r + w.kl * l_kl
     return {"loss": loss, "l_f": l_f.detach(), "l_r": l_r.detach(), "l_kl": l_kl.detach()}
+
+
+def npo_rows(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative Preference Optimization per forget row (Zhang et al. 2024, "Negative Preference Optimization:
+    From Catastrophic Collapse to Effective Unlearning"): ``-(2/β)·log σ(-β·(log p_θ − log p_ref))``.
+
+    Unlike gradient ascent the loss is bounded below and its gradient fades as ``log p_θ`` falls under
+    ``log p_ref`` (weight ``σ(β·(log p_θ − log p_ref))``), so already-forgotten rows stop pulling; at ``θ = ref``
+    it equals ``(2/β)·log 2`` with the gradient of GA.
+
+    Args:
+        logp: (m,) log-probability of each forget row's label under the model being trained.
+        logp_ref: (m,) the same under the frozen reference (no gradient).
+        beta: inverse temperature β > 0.
+
+    Returns:
+        (m,) loss per row.
+    """
+    import torch.nn.functional as F
+
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - logp_ref.detach()))

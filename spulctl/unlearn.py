@@ -72,6 +72,10 @@ class UnlearnConfig:
             ``stop_retain_drop`` for ``stop_patience`` rounds in a row (:mod:`spulctl.unlearn_plan`).
         max_length: tokens per example; longer texts are cut (:mod:`spulctl.data.truncate`). None: the model's
             context window minus p for a prompt bundle.
+        release_rounds, release_objective, release_rank, ortho_lambda, stop_at, npo_beta, merge: ``--method
+            release`` (:mod:`spulctl.methods.release`): at most this many rounds, the forget term (``ce`` | ``ga`` |
+            ``npo``), each module's LoRA rank, the orthogonality weight λ, the stop share (percent of revealed
+            records still answered with their label), NPO's β, and a merged model beside the adapter.
     """
 
     model: str
@@ -125,13 +129,22 @@ class UnlearnConfig:
     forget_target: str | None = None
     reveal_forget: int = 300
     reveal_budget: int = 0
+    release_rounds: int = 3
+    release_objective: str = "ce"
+    release_rank: int = 8
+    ortho_lambda: float = 0.5
+    stop_at: float = 10.0
+    npo_beta: float = 0.1
+    merge: bool = False
     recipe: dict[str, Any] | None = None  # the --config recipe (path, sha256, content), copied into bundle.json
 
     def __post_init__(self) -> None:
         from spulctl.loss import LossWeights
         from spulctl.methods import get_method
 
-        get_method(self.method)
+        check = getattr(get_method(self.method), "check_settings", None)  # a method's own options
+        if check is not None:
+            check(self)
         if self.prompt_tokens <= 0:
             raise SpulError(f"--prompt-tokens {self.prompt_tokens}: must be >= 1")
         LossWeights(retain=self.alpha, kl=self.beta, kl_direction=self.kl_direction)
@@ -160,8 +173,13 @@ class UnlearnConfig:
             raise SpulError(f"--generic-labels: need at least one non-empty word, got {list(self.generic_labels)}")
 
 
-def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_event: Event | None = None) -> dict:
-    """Run ``cfg.method`` and save its artifact; returns the metadata written with it."""
+def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_event: Event | None = None,
+            reveal: Callable[..., list[dict]] | None = None) -> dict:
+    """Run ``cfg.method`` and save its artifact; returns the metadata written with it.
+
+    ``reveal`` (``model -> forget records``) replaces the reveal call of iterative methods' later rounds (tests,
+    library use); default: :func:`spulctl.unlearn_data.revealed_forget` on the names / target, when there are any.
+    """
     import torch
 
     from spulctl.data.task import encode, label_vocab
@@ -204,6 +222,10 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         generated[RETAIN_FILE] = retain
     retain = retain if method_cls.uses_retain else []
     held_f, held_r, plan, evaluate = [], [], None, None
+    iterative = getattr(method_cls, "iterative", False)
+    if iterative:  # held-out slices for the per-round table, taken before any augmentation
+        forget, held_f = _hold_out(forget, cfg.holdout, cfg.train.seed)
+        retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
     # fixed forget share per batch, budget from the forget set, selection slices
     if cfg.forget_share > 0 and getattr(method_cls, "trains", True):
         from spulctl.unlearn_plan import build_plan, selection_evaluator
@@ -214,13 +236,16 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         if cfg.select:  # "before" accuracies with the plain model: built before the method touches it
             evaluate = selection_evaluator(model, tok, task, vocab, plan, lambda: method.live_scorer(),
                                            cfg.eval_batch_size, max_length, emit)
-    elif cfg.eval_every:
+    elif cfg.eval_every and not iterative:
         forget, held_f = _hold_out(forget, cfg.holdout, cfg.train.seed)
         retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
         note(f"held out {len(held_f)} forget + {len(held_r)} retain records for --eval-every")
     before = _report(model, tok, task, cfg, emit, "before", None, max_length) if cfg.report_before else {}
-    ctx = UnlearnContext(model, tok, task, vocab, forget, retain, cfg, ckpt, emit, base_fp,
-                         extra={"entities": entities})
+    extra: dict[str, Any] = {"entities": entities}
+    if iterative:
+        extra.update(held_forget=held_f, held_retain=held_r, max_length=max_length,
+                     reveal=reveal or _reveal_hook(tok, task, cfg, entities, emit))
+    ctx = UnlearnContext(model, tok, task, vocab, forget, retain, cfg, ckpt, emit, base_fp, extra=extra)
     method = method_cls(ctx)
     examples = (encode(forget, task, tok, vocab, targets=method.forget_targets(), max_length=max_length)
                 + encode(retain, task, tok, vocab, max_length=max_length))
@@ -239,12 +264,13 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         train_cfg = replace(cfg.train, epochs=plan.budget.rounds, max_steps=plan.budget.steps)
         eval_every, keep_best = (1, True) if cfg.select else (0, False)
         fit_kw = {"plan": plan.batches.round, "should_stop": stop_rule(cfg).met if cfg.select else None}
-    elif cfg.eval_every:
+    elif cfg.eval_every and not iterative:
         evaluate = _holdout_evaluator(model, tok, task, vocab, method, held_f, held_r, cfg, max_length)
     if getattr(method_cls, "trains", True):
         with torch.enable_grad():
-            result = fit(objective, train_cfg, ckpt, resume, emit, run_key, evaluate, eval_every, keep_best,
-                         **fit_kw)
+            train = method.fit_rounds if iterative else fit  # an iterative method runs fit once per round
+            result = train(objective, train_cfg, ckpt, resume, emit, run_key, evaluate, eval_every, keep_best,
+                           **fit_kw)
     else:
         result = TrainResult(0, 0.0, 0.0)
     after = _report(model, tok, task, cfg, emit, "after", method.scorer(), max_length)
@@ -274,6 +300,28 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         method.save(stage, meta)
     shutil.rmtree(ckpt, ignore_errors=True)
     return meta
+
+
+def _reveal_hook(tok, task: TaskSpec, cfg: UnlearnConfig, entities: list[str], emit: Event):
+    """``model -> records`` revealed about the names / target by the model as it is now (None without either);
+    a model that reveals nothing any more gives no records."""
+    if not entities and not cfg.forget_target:
+        return None
+    from spulctl.errors import DataError
+    from spulctl.unlearn_data import revealed_forget
+
+    rounds = iter(range(2, 1_000_000))
+
+    def reveal(model) -> list[dict]:
+        k = next(rounds)  # each round samples with its own seed: a different draw, not round 1's again
+        seeded = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + 1000 * k))
+        try:
+            return revealed_forget(model, tok, task, seeded, entities, emit)
+        except DataError as exc:
+            emit({"kind": "note", "message": f"reveal: {exc}"})
+            return []
+
+    return reveal
 
 
 def _note_plan(summary: dict[str, Any], note: Callable[[str], None]) -> None:

@@ -93,7 +93,8 @@ def unlearn(
     reveal_forget: Annotated[int, typer.Option(help="Without forget records: how many the model reveals.")] = 300,
     reveal_budget: Annotated[int, typer.Option(help="Reveal: texts to generate at most (0: 40 per record kept).")]
     = 0,
-    method: Annotated[str, typer.Option(help="spul | ga | rl | ga_kl | ga_gd | hard_prompt | icul")] = "spul",
+    method: Annotated[str, typer.Option(help="spul | ga | rl | ga_kl | ga_gd | hard_prompt | icul | release")]
+    = "spul",
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", help="Soft prompt length p.")] = 30,
     prompt_encoder: Annotated[str, typer.Option(help="none (prompt tuning) | mlp (P-tuning).")] = "none",
     prompt_init: Annotated[str, typer.Option(help="auto (the names when known, else an instruction) | random | "
@@ -122,6 +123,17 @@ def unlearn(
     stop_forget_acc: Annotated[float, typer.Option(help="Stop rule: forget accuracy (%) on the selection "
                                                         "slice.")] = 3.0,
     stop_retain_drop: Annotated[float, typer.Option(help="Stop rule: retain drop (points) allowed.")] = 0.5,
+    release_rounds: Annotated[int, typer.Option(help="release: at most this many reveal-and-train rounds (one "
+                                                     "LoRA module each).")] = 3,
+    release_objective: Annotated[str, typer.Option(help="release: forget term, ce (generic label) | ga | npo.")]
+    = "ce",
+    release_rank: Annotated[int, typer.Option(help="release: LoRA rank of each round's module.")] = 8,
+    ortho_lambda: Annotated[float, typer.Option(help="release: weight λ of the orthogonality penalty against "
+                                                     "earlier modules.")] = 0.5,
+    stop_at: Annotated[float, typer.Option(help="release: stop when fewer than this % of freshly revealed records "
+                                                "are still answered with their label.")] = 10.0,
+    npo_beta: Annotated[float, typer.Option(help="release --release-objective npo: β.")] = 0.1,
+    merge: Annotated[bool, typer.Option("--merge", help="release: also write the merged model (merged/).")] = False,
     micro_batch: MicroBatchOpt = 0,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = 0.3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.001,
@@ -170,7 +182,22 @@ def unlearn(
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
+    if "release" in meta:
+        print_release_rounds(meta["release"])
     print_before_after(meta["metrics"], f"{method}: saved to {out}")
+
+
+def print_release_rounds(release: dict) -> None:
+    """Release's per-round table: records, relevance, share still known, held-out accuracies, penalty."""
+    table = Table("round", "records", "relevance", "known before %", "forget acc %", "retain acc %", "penalty",
+                  "steps", title=f"release: {release['modules']} modules, rank {release['rank']}; "
+                                 f"stopped at {release['stop']}")
+    fmt = lambda v, f="{:.1f}": "–" if v is None else f.format(v)  # noqa: E731
+    for r in release["rounds"]:
+        table.add_row(str(r["round"]), str(r["records"]), fmt(r.get("relevance"), "{:.2f}"), fmt(r["known_before"]),
+                      fmt(r.get("forget_acc")), fmt(r.get("retain_acc")), fmt(r.get("penalty"), "{:.4g}"),
+                      fmt(r.get("steps"), "{}"))
+    console.print(table)
 
 
 def print_before_after(metrics: dict[str, dict], title: str) -> None:

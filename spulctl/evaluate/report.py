@@ -84,7 +84,6 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     from spulctl.evaluate.metrics import score_records
     from spulctl.evaluate.mia import membership_inference, reference_key, reference_logliks
     from spulctl.loss import resolve_kernels
-    from spulctl.models import load_model
     from spulctl.step import prompted_logits
 
     records = {}
@@ -120,7 +119,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
                 continue
         if subj.model not in loaded:
             loaded.clear()  # one model in memory at a time
-            loaded[subj.model] = load_model(subj.model, dtype=dtype)
+            loaded[subj.model] = _load_subject_model(subj.model, dtype, ignore_fingerprint)
         model, tok = loaded[subj.model]
         which = resolve_kernels(kernels, next(model.parameters()).device)
         task, scorer, phi = TaskSpec(), None, None
@@ -143,6 +142,16 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
             mia_results[subj.name] = membership_inference(model, tok, task, records, phi, emit, subj.name, which,
                                                           limit_len, reference=ref)
     return results, mia_results
+
+
+def _load_subject_model(spec: str, dtype: str, ignore_fingerprint: bool) -> tuple[Any, Any]:
+    """A model spec, or a ``--method release`` LoRA adapter folder (its base model + the adapter, as PEFT loads it)."""
+    from spulctl.models import load_model
+    from spulctl.release.lora import is_lora_adapter, load_adapter_model
+
+    if is_lora_adapter(Path(spec)):
+        return load_adapter_model(Path(spec), dtype, ignore_fingerprint)
+    return load_model(spec, dtype=dtype)
 
 
 def _reference_needs(subjects: list[Subject]) -> dict[str, tuple[Any, int]]:

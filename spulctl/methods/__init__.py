@@ -33,4 +33,4 @@ def get_method(name: str) -> type:
     return METHODS[name]
 
 
-from spulctl.methods import ga, ga_gd, ga_kl, prompt_baselines, rl, spul  # noqa: E402,F401  (registration side effects)
+from spulctl.methods import ga, ga_gd, ga_kl, prompt_baselines, release, rl, spul  # noqa: E402,F401  (registration)
