@@ -180,13 +180,19 @@ def test_release_writes_one_peft_adapter_that_peft_and_eval_load(tiny_model_dir:
 
 def test_eval_takes_the_adapter_as_a_subject(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
     out = tmp_path / "rel"
-    meta = unlearn(_cfg(tiny_model_dir, demo_splits, out, release_rounds=1, eval_limit=10))
+    meta = unlearn(_cfg(tiny_model_dir, demo_splits, out, release_rounds=1, eval_limit=10, merge=True))
+    assert (out / "merged" / "config.json").is_file()  # --merge: a plain model directory beside the adapter
     res = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--compare",
                               f"release={out}", "--limit", "10", "-o", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     got = report["results"]["release"]["test_forget"]["accuracy"]
     assert got == pytest.approx(meta["metrics"]["after"]["test_forget"]["accuracy"], abs=1e-6)
+    res = runner.invoke(app, ["eval", str(demo_splits), "--model", str(out / "merged"), "--limit", "10", "-o",
+                              str(tmp_path / "rep2")])
+    assert res.exit_code == 0, res.output
+    merged = json.loads((tmp_path / "rep2" / "report.json").read_text())["results"]["model"]["test_retain"]
+    assert merged["accuracy"] == pytest.approx(report["results"]["release"]["test_retain"]["accuracy"], abs=1e-6)
 
 
 def test_stop_rule_ends_the_run_once_the_model_stops_knowing(tiny_model_dir: Path, demo_splits: Path,
