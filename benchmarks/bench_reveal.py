@@ -3,17 +3,21 @@
 Configurations (both keep a text only when it is relevant — on task with restricted confidence >= the threshold,
 and on the target in forget mode / off it in retain mode — and neither an exact nor a near duplicate of a kept one):
 
-* ``ours``  — :func:`spulctl.reveal.generate_records`: the instruction pool + model paraphrases, NeuralUCB picking
-  ``arms_per_round`` instructions per round, ``samples_per_arm`` samples each, one left-padded ``generate`` batch per
-  round, the round's texts scored in one batch;
-* ``naive`` — one instruction (the pool's first), one sample per ``generate`` call, each text scored on its own, no
-  bandit (the loop a first script would write).
+* ``ours``  — :func:`spulctl.reveal.generate_records`: the instruction pool (one target name per instruction, the
+  names taking turns) + model paraphrases, NeuralUCB picking ``arms_per_round`` instructions per round,
+  ``samples_per_arm`` samples each in one batch (each prompt prefilled once, rows leaving as they finish their
+  sentence), only the on-target texts scored, in one batch;
+* ``naive`` — one instruction (the pool's first, naming the whole target), one sample per call run to the end of
+  the sequence or ``max_new_tokens``, each text scored on its own, no bandit (the loop a first script would write).
 
-Each runs once until N records are kept or the budget is spent. Reports accepted records per second, time to N
-accepted records (null when the budget ran out first), generated texts and the acceptance rate.
+``ours`` runs until N records are kept or the budget is spent; ``naive`` also stops after ``--naive-seconds`` (its
+rate is steady, so a capped run measures it). Reports kept records per minute, time to N (null when not reached;
+``naive`` adds the time to N its rate projects), generated texts, the acceptance rate and, for ``ours``, why samples
+were not kept, where the time went and the kept records per target name.
 
-Usage (SmolLM2 on the CPU; about 10-20 min on 2 shared vCPUs):
-    python benchmarks/bench_reveal.py --model smollm2-135m --entities "Tom Hanks" --n 40 --budget 800 \
+Usage (SmolLM2 on the CPU, one thread; about 10 min):
+    python benchmarks/bench_reveal.py --model smollm2-135m --threads 1 --n 300 --budget 2000 --naive-seconds 240 \
+        --entities "steven spielberg,jackie chan,steven soderbergh,robin williams,dustin hoffman,samuel l. jackson" \
         --out benchmarks/results/reveal_cpu.json
 """
 
@@ -26,7 +30,7 @@ from pathlib import Path
 from _report import finish
 
 
-def naive(model, tok, cfg) -> dict:
+def naive(model, tok, cfg, max_seconds: float) -> dict:
     """One instruction, one sample at a time, each text scored alone; same keep rules as the engine."""
     import numpy as np
 
@@ -41,11 +45,12 @@ def naive(model, tok, cfg) -> dict:
     anchor_vecs = sc.embed(anchors, cfg.embedder) if anchors else None
     kept, seen, kept_vecs, generated = [], set(), None, 0
     start, to_n = time.perf_counter(), None
-    while len(kept) < cfg.n and generated < cfg.budget:
-        raw = gen.sample(model, tok, [prompt], seed=cfg.seed * 100_003 + generated, max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature, top_p=cfg.top_p)[0]
+    while len(kept) < cfg.n and generated < cfg.budget and time.perf_counter() - start < max_seconds:
+        raws, ended = gen.sample_rows(model, tok, [prompt], seed=cfg.seed * 100_003 + generated,
+                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
         generated += 1
-        text = gen.clean(raw)
+        complete = ended[0] or gen.has_sentence(raws[0]) or not cfg.complete_only
+        text = gen.clean(raws[0], cfg.max_sentences) if complete else None
         if not text or gen.normalise(text) in seen:
             continue
         vec = sc.embed([text], cfg.embedder)
@@ -60,7 +65,9 @@ def naive(model, tok, cfg) -> dict:
         kept.append(text)
         if len(kept) == cfg.n:
             to_n = time.perf_counter() - start
-    return _summary(len(kept), generated, time.perf_counter() - start, to_n, kept[:3])
+    out = _summary(len(kept), generated, time.perf_counter() - start, to_n, kept[:3])
+    rate = out["kept_per_min"]
+    return {**out, "projected_time_to_n_s": round(60 * cfg.n / rate, 1) if rate else None}
 
 
 def ours(model, tok, cfg) -> dict:
@@ -79,13 +86,19 @@ def ours(model, tok, cfg) -> dict:
         records = []
     seconds = time.perf_counter() - start
     to_n = seconds if len(records) >= cfg.n else None
+    from spulctl.reveal.report import totals
+
+    names = {e: sum(e.lower() in r["text"].lower() for r in records) for e in cfg.entities}
     return {**_summary(len(records), run.generated, seconds, to_n, [r["text"] for r in records[:3]]),
-            "rounds": len(run.rounds), "pool": len(run.pool)}
+            "rounds": len(run.rounds), "pool": len(run.pool),
+            "rejected": totals(r["rejected"] for r in run.rounds),
+            "phase_seconds": totals(r["phase_seconds"] for r in run.rounds), "kept_per_name": names}
 
 
 def _summary(kept: int, generated: int, seconds: float, to_n: float | None, examples: list[str]) -> dict:
     return {"kept": kept, "generated": generated, "seconds": round(seconds, 2),
             "accepted_per_s": round(kept / seconds, 4) if seconds else 0.0,
+            "kept_per_min": round(60 * kept / seconds, 2) if seconds else 0.0,
             "time_to_n_s": round(to_n, 2) if to_n is not None else None,
             "acceptance": round(kept / generated, 4) if generated else 0.0, "examples": examples}
 
@@ -103,6 +116,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--plain-prompt", action="store_true", help="allow a model without a chat template")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--naive-seconds", type=float, default=300, help="stop the naive loop after this long")
     ap.add_argument("--only", choices=["ours", "naive"], default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
@@ -121,7 +135,8 @@ def main() -> None:
                        plain_prompt=args.plain_prompt)
     model, tok = load_model(args.model)
     results = {}
-    for name, fn in (("ours", ours), ("naive", naive)):
+    runs = (("ours", ours), ("naive", lambda m, t, c: naive(m, t, c, args.naive_seconds)))
+    for name, fn in runs:
         if args.only in (None, name):
             results[name] = fn(model, tok, cfg)
             print(name, {k: v for k, v in results[name].items() if k != "examples"}, flush=True)

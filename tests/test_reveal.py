@@ -19,7 +19,9 @@ from spulctl.reveal.generate import clean, normalise
 
 CHAT = ("{% for m in messages %}<eos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}assistant:{% endif %}")
-FAST = dict(embedder="shingle", paraphrases=2, arms_per_round=2, samples_per_arm=3, max_new_tokens=16)
+# the random model never ends a sentence: keep its cut-off samples (complete_only=False), or nothing is a text
+FAST = dict(embedder="shingle", paraphrases=2, arms_per_round=2, samples_per_arm=3, max_new_tokens=16,
+            complete_only=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -203,7 +205,8 @@ def test_cli_writes_records_report_and_plot(chat_model_dir: Path, tmp_path: Path
     out = tmp_path / "revealed.jsonl"
     args = ["--model", str(chat_model_dir), "--entities", "Jonah Pellegrino", "--mode", "retain", "-n", "4",
             "--budget", "18", "-o", str(out), "--min-confidence", "0.5", "--embedder", "shingle", "--paraphrases",
-            "2", "--arms-per-round", "2", "--samples-per-arm", "3", "--max-new-tokens", "16", "--plot"]
+            "2", "--arms-per-round", "2", "--samples-per-arm", "3", "--max-new-tokens", "16", "--plot",
+            "--no-complete-only"]
     result = _cli(*args)
     assert result.exit_code == 0, result.output
     rows = [json.loads(ln) for ln in out.read_text().splitlines()]
@@ -219,7 +222,8 @@ def test_cli_writes_records_report_and_plot(chat_model_dir: Path, tmp_path: Path
 def test_cli_bad_input_exit_2_one_line_nothing_written(tiny_model_dir: Path, chat_model_dir: Path,
                                                        tmp_path: Path):
     out = tmp_path / "r.jsonl"
-    base = ["-o", str(out), "--embedder", "shingle", "--paraphrases", "0", "--max-new-tokens", "8"]
+    base = ["-o", str(out), "--embedder", "shingle", "--paraphrases", "0", "--max-new-tokens", "8",
+            "--no-complete-only"]
     _one_line_exit_2(_cli("--model", str(chat_model_dir), "--entities", " , ", *base), out)
     _one_line_exit_2(_cli("--model", str(chat_model_dir), "--entities", "Ann Lee", "-n", "0", *base), out)
     no_chat = _cli("--model", str(tiny_model_dir), "--entities", "Ann Lee", "-n", "2", "--budget", "4", *base)
@@ -237,7 +241,7 @@ def test_cli_resume_continues_from_checkpoint(chat_model_dir: Path, tmp_path: Pa
     out = tmp_path / "r.jsonl"
     args = ["--model", str(chat_model_dir), "--entities", "Jonah Pellegrino", "--mode", "retain", "-n", "6",
             "--budget", "24", "-o", str(out), "--min-confidence", "0.5", "--embedder", "shingle", "--paraphrases",
-            "0", "--arms-per-round", "2", "--samples-per-arm", "3", "--max-new-tokens", "16"]
+            "0", "--arms-per-round", "2", "--samples-per-arm", "3", "--max-new-tokens", "16", "--no-complete-only"]
     real, calls = engine.RevealRun._round, []
 
     def interrupted(self, rnd):
@@ -269,3 +273,139 @@ def test_paraphrases_must_stay_instructions_with_the_constraint():
     assert not keeps_constraint("Please write a line about a Tom Hanks movie.", "retain", "Tom Hanks", names)
     assert clean_paraphrase('Sure, here it is: "Write a short line about a movie."\nmore') == \
         "Write a short line about a movie."
+
+
+# ---------------------------------------------------------------- sampling
+def _plain_prompts(tok, n: int = 3) -> list[str]:
+    return [f"Instruction: write about film number {i} {'please ' * i}\nResponse:" for i in range(n)]
+
+
+def test_sample_matches_generate_greedily(frozen):
+    """With a nucleus of one token the shrinking, prefix-sharing loop is greedy search: it must write what
+    ``generate`` writes for the same left-padded prompts (different lengths, so positions shift)."""
+    import torch
+
+    from spulctl.reveal.generate import sample
+
+    model, tok = frozen
+    prompts = _plain_prompts(tok)
+    side, tok.padding_side = tok.padding_side, "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    tok.padding_side = side
+    with torch.inference_mode():
+        ref = model.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=tok.pad_token_id or 0)
+    expected = tok.batch_decode(ref[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert sample(model, tok, prompts, seed=0, max_new_tokens=12, top_p=1e-9) == expected
+    assert sample(model, tok, prompts * 2, seed=0, max_new_tokens=12, top_p=1e-9) == expected * 2  # shared prefill
+
+
+def _count_forwards(model, monkeypatch) -> list[int]:
+    """Batch size of every forward call of ``model``."""
+    sizes, real = [], type(model).forward
+
+    def counted(self, *a, **kw):
+        sizes.append(int(kw["input_ids"].shape[0]))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(model), "forward", counted)
+    return sizes
+
+
+def test_sample_stops_when_every_row_finished(frozen, monkeypatch):
+    from spulctl.reveal.generate import sample
+
+    model, tok = frozen
+    prompts = _plain_prompts(tok) * 2
+    sizes = _count_forwards(model, monkeypatch)
+    out = sample(model, tok, prompts, seed=1, max_new_tokens=20, stop=lambda text: True)
+    assert sizes == [3]  # three distinct prompts prefilled once; every row done after its first token: no step
+    assert all(len(tok(o, add_special_tokens=False)["input_ids"]) <= 1 for o in out)
+    sizes.clear()
+    calls = []
+
+    def every_other(text: str) -> bool:  # half the rows finish at each step
+        calls.append(text)
+        return len(calls) % 2 == 1
+
+    sample(model, tok, prompts, seed=1, max_new_tokens=20, stop=every_other)
+    assert sizes[0] == 3 and sizes[1] < 6 and len(sizes) < 20  # finished rows leave; the loop ends before the cap
+    assert sizes[1:] == sorted(sizes[1:], reverse=True)
+
+
+def test_top_p_sample_keeps_the_nucleus_of_transformers():
+    import torch
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from spulctl.reveal.generate import _nucleus, top_p_sample
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 600) * torch.tensor([[4.0], [1.0], [0.05], [8.0], [2.0]])  # row 2: nucleus > 256
+    for top_p in (0.5, 0.9, 0.95):
+        kept_hf = TopPLogitsWarper(top_p)(None, logits.clone()) > float("-inf")  # (b, V)
+        probs, ids, closed = _nucleus(logits, 256, top_p)
+        full, full_ids, _ = _nucleus(logits, 600, top_p)
+        for r in range(5):
+            ours = set(ids[r][probs[r] > 0].tolist()) if closed[r] else set(full_ids[r][full[r] > 0].tolist())
+            assert ours == set(kept_hf[r].nonzero().squeeze(1).tolist()), (top_p, r)
+        assert not closed[2] and closed[0]
+        draws = torch.stack([top_p_sample(logits, 1.0, top_p, torch.Generator().manual_seed(s)) for s in range(20)])
+        assert kept_hf.gather(1, draws.T).all()  # every draw, fallback rows too, lies in the nucleus
+
+
+def test_finished_matches_where_clean_cuts():
+    from spulctl.reveal.generate import finished
+
+    assert not finished("Samuel L. Jackson was", 1)
+    assert not finished("Samuel L. Jackson was great.", 1)  # the sentence may go on ("great.5")
+    assert finished("Samuel L. Jackson was great. And", 1) and not finished("Samuel L. Jackson was great. And", 2)
+    assert clean("Samuel L. Jackson was great. And then", 1) == "Samuel L. Jackson was great."
+    assert not finished("Here is a review:\n", 1) and not finished("Sure!\n\n", 1)
+    assert clean("Sure!\n\nA fine film with Ann Lee.") == "A fine film with Ann Lee."
+    assert finished("Here is a review:\nA fine film indeed\n", 2)
+    assert clean("A fine film with Ann Lee\nRating: 5/5") == "A fine film with Ann Lee"
+
+
+# ---------------------------------------------------------------- scoring in batches
+def test_batched_answers_equal_one_at_a_time(frozen):
+    from spulctl.data.task import TaskSpec
+
+    model, tok = frozen
+    texts = ["a fine film", "awful acting and a dull plot", "it was fine I guess", "the best movie of the year, truly"]
+    one = sc.answer(model, tok, TaskSpec(), texts, batch_size=1)
+    batched = sc.answer(model, tok, TaskSpec(), texts, batch_size=3)
+    assert one.label.tolist() == batched.label.tolist()
+    np.testing.assert_allclose(one.confidence, batched.confidence, atol=1e-5)
+    some = sc.answer_some(model, tok, TaskSpec(), texts, np.array([True, False, True, True]), batch_size=4)
+    np.testing.assert_allclose(some.confidence[[0, 2, 3]], one.confidence[[0, 2, 3]], atol=1e-5)
+    assert some.confidence[1] == 0.0  # not asked: off task by any threshold
+
+
+# ---------------------------------------------------------------- names take turns
+def test_forget_instructions_name_one_target_at_a_time(chat_frozen):
+    from spulctl.reveal.engine import RevealRun
+    from spulctl.reveal.instructions import TARGET, build_pool, display_name
+
+    assert all(TARGET in p for p in build_pool("forget", "x", ["a b"], 0, per_name=True))
+    assert display_name("samuel l. jackson") == "Samuel L. Jackson" and display_name("RZA") == "RZA"
+    model, tok = chat_frozen
+    cfg = RevealConfig(entities=["ann lee", "Bo Ek", "cy di"], n=50, budget=60, **{**FAST, "arms_per_round": 4})
+    run = RevealRun(model, tok, cfg)
+    run._setup()
+    run._round(1)
+    run._round(2)
+    asked = [i for r in run.rounds for i in r["instructions"]]
+    named = [[n for n in ("Ann Lee", "Bo Ek", "Cy Di") if n in i] for i in asked]
+    assert all(len(n) == 1 for n in named), asked  # one name per instruction ...
+    assert [n[0] for n in named] == ["Ann Lee", "Bo Ek", "Cy Di"] * 2 + ["Ann Lee", "Bo Ek"]  # ... in turn
+    for r in run.rounds:  # every sample is accounted for: kept, or rejected for one reason
+        assert r["generated"] == r["kept"] + sum(r["rejected"].values()), r
+        assert set(r["phase_seconds"]) == {"bandit", "generate", "embed", "answer"}
+
+
+def test_cut_off_samples_are_not_texts():
+    from spulctl.reveal.generate import has_sentence
+
+    assert not has_sentence("Jackie Chan's new film is a triumph of")  # cut off: the run drops it
+    assert has_sentence("Jackie Chan's new film is a triumph. Of")  # clean keeps the complete sentence
+    assert has_sentence("Here is a review:\nJackie Chan's new film is a triumph.")
+    assert clean("Jackie Chan's new film is a triumph. Of") == "Jackie Chan's new film is a triumph."

@@ -72,7 +72,10 @@ def reveal(
     paraphrases: Annotated[int, typer.Option(help="Pool instructions the model paraphrases (0: none).")] = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per text.")] = 48,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per text at most.")] = 48,
+    max_sentences: Annotated[int, typer.Option(help="Sentences a text keeps (sampling stops there).")] = 2,
+    complete_only: Annotated[bool, typer.Option(help="Drop samples cut off by --max-new-tokens before their first "
+                                                     "sentence ended.")] = True,
     min_confidence: Annotated[float, typer.Option(help="On task: restricted label confidence at least this.")]
     = 0.6,
     similarity: Annotated[float, typer.Option(help="On target by meaning: cosine to --target/--examples.")] = 0.5,
@@ -110,4 +113,9 @@ def reveal(
         table.add_row(str(r["round"]), str(r["generated"]), str(r["relevant"]), str(r["kept"]),
                       f"{r['relevance']:.3f}", f"{r['diversity']:.3f}", f"{r['reward']:.3f}", str(r["total_kept"]))
     console.print(table)
+    dropped: dict[str, int] = {}
+    for r in result.rounds:
+        for reason, count in r.get("rejected", {}).items():
+            dropped[reason] = dropped.get(reason, 0) + count
+    console.print("not kept: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dropped.items() if v))
     console.print(f"wrote {result.out} and {result.report}" + (f" and {result.plot}" if result.plot else ""))

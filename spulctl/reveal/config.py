@@ -53,6 +53,9 @@ class RevealConfig:
         samples_per_arm: texts sampled per picked instruction.
         paraphrases: model-written paraphrases of pool instructions to add (0: none).
         temperature / top_p / max_new_tokens: sampling.
+        max_sentences: a text is its first sentences up to this many; a sample stops there (or at a line end).
+        complete_only: drop a sample cut off by ``max_new_tokens`` before its first sentence ended (it would be
+            kept as a sentence fragment otherwise; a random test model never ends one, so tests turn this off).
         min_confidence: on task = restricted confidence of the answer (softmax over label words) at least this.
         similarity: a text is "on target" by meaning when its cosine to the target/examples reaches this.
         dedup_similarity: a text whose cosine to a kept text reaches this is a near duplicate.
@@ -82,6 +85,8 @@ class RevealConfig:
     temperature: float = 1.0
     top_p: float = 0.95
     max_new_tokens: int = 48
+    max_sentences: int = 2
+    complete_only: bool = True
     min_confidence: float = 0.6
     similarity: float = 0.5
     dedup_similarity: float = 0.95
@@ -100,7 +105,8 @@ class RevealConfig:
         self.examples = [e.strip() for e in self.examples if e and e.strip()]
         if not self.entities and not self.target and not self.examples:
             raise DataError("reveal: the target is empty; give --entities \"Name, Other Name\" and/or --target TEXT")
-        for name in ("n", "arms_per_round", "samples_per_arm", "max_new_tokens", "batch_size"):
+        for name in ("n", "arms_per_round", "samples_per_arm", "max_new_tokens", "max_sentences",
+                     "batch_size"):
             if getattr(self, name) < 1:
                 raise DataError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
         if self.budget < 0:

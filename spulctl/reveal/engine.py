@@ -1,9 +1,13 @@
 """The reveal loop: pick instructions, sample, score, keep, learn — until N records are kept or the budget is spent.
 
-Each round the bandit picks ``arms_per_round`` instructions; every one is sampled ``samples_per_arm`` times in one
-left-padded batch. A picked instruction's reward is the harmonic mean of the relevance and the diversity of its own
-texts. Kept records are streamed to a checkpoint folder beside the output (``.<out>.ckpt/``), so a large budget holds
-only the kept texts' embeddings in memory and an interrupted run continues with ``resume``.
+Each round the bandit picks ``arms_per_round`` instructions; in forget mode with names each names one target, the
+names taking turns. Every instruction is sampled ``samples_per_arm`` times in one batch (prefilled once per
+instruction; rows leave as they finish their sentence). Texts that miss the target test are not sent through the
+model's answer; the rest are scored in batches. A picked instruction's reward is the harmonic mean of the relevance
+and the diversity of its own texts. Each round reports how many samples were dropped, and why (``cut_off``,
+``unusable``, ``off_target``, ``off_task``, ``duplicate``, ``near_duplicate``, ``over_n``), and where its time
+went. Kept records are streamed to a checkpoint folder beside the output (``.<out>.ckpt/``), so a large budget
+holds only the kept texts' embeddings in memory and an interrupted run continues with ``resume``.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class RevealRun:
         anchors = [a for a in [cfg.target, *cfg.examples] if a]
         self.anchors = sc.embed(anchors, cfg.embedder) if anchors else None
         self.pool: list[str] = []
+        # forget mode with names: instructions name one target at a time, the names taking turns
+        self.per_name = self.mode == "forget" and bool(cfg.entities)
+        self.subjects = cfg.entities if self.per_name else [cfg.describe_target()]
+        self.prompts: dict[str, str] = {}  # instruction -> formatted prompt
 
     # ------------------------------------------------------------ setup
     def _state_path(self) -> Path | None:
@@ -76,10 +84,11 @@ class RevealRun:
 
         state = self._load_state()
         if state is None:
-            self.pool = ins.build_pool(self.mode, self.cfg.describe_target(), self.cfg.entities, self.cfg.seed)
+            self.pool = ins.build_pool(self.mode, self.cfg.describe_target(), self.cfg.entities, self.cfg.seed,
+                                       per_name=self.per_name)
             self.pool += self._paraphrases()
-        feats = torch.from_numpy(sc.embed(self.pool, self.cfg.embedder))  # (K, e)
-        self.prompts = [gen.format_prompt(self.tok, i) for i in self.pool]
+        feats = torch.from_numpy(sc.embed([ins.fill_target(i, self.subjects[0]) for i in self.pool],
+                                          self.cfg.embedder))  # (K, e)
         self.bandit = make_bandit(self.cfg.bandit.value, feats, self.cfg.lam, self.cfg.nu, self.cfg.seed)
         if self.history:
             self.bandit.restore([a for a, _ in self.history], [r for _, r in self.history])
@@ -93,17 +102,19 @@ class RevealRun:
             return []
         rng = random.Random(self.cfg.seed + 1)
         picked = rng.sample(self.pool, min(self.cfg.paraphrases, len(self.pool)))
-        requests = [gen.format_prompt(self.tok, ins.PARAPHRASE_REQUEST.format(instruction=p)) for p in picked]
+        asked = [ins.fill_target(p, self.subjects[i % len(self.subjects)]) for i, p in enumerate(picked)]
+        requests = [gen.format_prompt(self.tok, ins.PARAPHRASE_REQUEST.format(instruction=a)) for a in asked]
         raw = gen.sample(self.model, self.tok, requests, seed=self.cfg.seed + 7, max_new_tokens=40,
-                         temperature=0.8, top_p=self.cfg.top_p)
+                         temperature=0.8, top_p=self.cfg.top_p, stop=lambda t: gen.finished(t, 1))
         known = {gen.normalise(p) for p in self.pool}
         out = []
         for text in raw:
             para = ins.clean_paraphrase(text)
-            if para and gen.normalise(para) not in known and ins.keeps_constraint(
-                    para, self.mode, self.cfg.describe_target(), self.names):
-                known.add(gen.normalise(para))
-                out.append(para)
+            if para and ins.keeps_constraint(para, self.mode, self.cfg.describe_target(), self.names):
+                para = self.names.sub(ins.TARGET, para) if self.per_name else para  # back to a template
+                if gen.normalise(para) not in known:
+                    known.add(gen.normalise(para))
+                    out.append(para)
         self.emit({"kind": "note", "message": f"instruction pool: {len(self.pool)} templates + {len(out)} of "
                                               f"{len(picked)} model paraphrases kept"})
         return out
@@ -162,35 +173,58 @@ class RevealRun:
         return self.records
 
     def _round(self, rnd: int) -> None:
-        cfg, start = self.cfg, time.perf_counter()
+        cfg, clock = self.cfg, _Clock()
         left = cfg.budget - self.generated
+        # pick: the bandit's instructions, each with the next target name in turn (one prompt per arm)
         arms = self.bandit.select(min(cfg.arms_per_round, math.ceil(left / cfg.samples_per_arm)))
+        asked = [ins.fill_target(self.pool[a], self.subjects[(len(self.history) + j) % len(self.subjects)])
+                 for j, a in enumerate(arms)]
         owner = [j for j in range(len(arms)) for _ in range(cfg.samples_per_arm)][:left]  # arm slot per sample
-        raw = gen.sample(self.model, self.tok, [self.prompts[arms[j]] for j in owner], seed=cfg.seed * 100_003 + rnd,
-                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        clock.lap("bandit")
+        # sample: one batch, each row stopping where clean() would cut it
+        raw, ended = gen.sample_rows(self.model, self.tok, [self._prompt(asked[j]) for j in owner],
+                                     seed=cfg.seed * 100_003 + rnd, max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, top_p=cfg.top_p,
+                                     stop=lambda t: gen.finished(t, cfg.max_sentences))
         self.generated += len(raw)
-        cleaned = [gen.clean(r) for r in raw]
+        clock.lap("generate")
+        # a sample cut off by max_new_tokens mid-way through its first sentence is not a text: drop it
+        cut = [cfg.complete_only and not end and not gen.has_sentence(r) for r, end in zip(raw, ended, strict=True)]
+        cleaned = [None if c else gen.clean(r, cfg.max_sentences) for r, c in zip(raw, cut, strict=True)]
+        cut_off = sum(cut)
         usable = [i for i, c in enumerate(cleaned) if c]
         texts = [cleaned[i] for i in usable]
+        # score: the target test first; only texts that pass it need the model's answer
         vecs = sc.embed(texts, cfg.embedder)  # (u, e)
-        answers = sc.answer(self.model, self.tok, cfg.task, texts, cfg.batch_size) if texts else None
         hit = sc.on_target(texts, vecs, self.names, self.anchors, cfg.similarity)
-        rel = sc.relevant(hit, answers.confidence, cfg.min_confidence, self.mode) if answers else hit
+        clock.lap("embed")
+        wanted = hit if self.mode == "forget" else ~hit
+        answers = sc.answer_some(self.model, self.tok, cfg.task, texts, wanted, cfg.batch_size)
+        rel = sc.relevant(hit, answers.confidence, cfg.min_confidence, self.mode)
+        clock.lap("answer")
         slot = [owner[i] for i in usable]
         stats = [self._arm_stats(j, slot, rel, vecs, owner.count(j)) for j in range(len(arms))]
         self.bandit.update(arms, [s["reward"] for s in stats])
         self.history += [(a, s["reward"]) for a, s in zip(arms, stats, strict=True)]
-        new = self._keep(texts, vecs, rel, answers, slot, arms, stats, rnd)
-        row = {"round": rnd, "instructions": [self.pool[a] for a in arms], "generated": len(raw),
-               "usable": len(texts), "relevant": int(rel.sum()), "kept": len(new),
+        clock.lap("bandit")
+        new, dropped = self._keep(texts, vecs, rel, answers, slot, asked, stats, rnd)
+        rejected = {"cut_off": cut_off, "unusable": len(raw) - len(texts) - cut_off, "off_target": int((~wanted).sum()),
+                    "off_task": int((wanted & ~rel).sum()), **dropped}
+        row = {"round": rnd, "instructions": asked, "generated": len(raw),
+               "usable": len(texts), "relevant": int(rel.sum()), "kept": len(new), "rejected": rejected,
                "relevance": _mean(s["relevance"] for s in stats), "diversity": _mean(s["diversity"] for s in stats),
                "reward": _mean(s["reward"] for s in stats), "total_kept": len(self.records),
-               "total_generated": self.generated, "seconds": round(time.perf_counter() - start, 3)}
+               "total_generated": self.generated, "seconds": clock.total(), "phase_seconds": clock.laps}
         self.rounds.append(row)
         self._write_records(new)
         self._save_state()
         self.emit({"kind": "reveal-round", "round": rnd, "kept": len(self.records), "generated": self.generated,
                    "reward": row["reward"], "total": cfg.n, "budget": cfg.budget})
+
+    def _prompt(self, instruction: str) -> str:
+        if instruction not in self.prompts:
+            self.prompts[instruction] = gen.format_prompt(self.tok, instruction)
+        return self.prompts[instruction]
 
     def _arm_stats(self, j: int, slot: list[int], rel: Any, vecs: Any, produced: int) -> dict[str, float]:
         rows = [t for t, s in enumerate(slot) if s == j]
@@ -198,28 +232,53 @@ class RevealRun:
         diversity = sc.diversity(vecs[rows], produced, self.kept_vecs)
         return {"relevance": relevance, "diversity": diversity, "reward": sc.harmonic(relevance, diversity)}
 
-    def _keep(self, texts: list[str], vecs: Any, rel: Any, answers: Any, slot: list[int], arms: list[int],
-              stats: list[dict], rnd: int) -> list[dict]:
-        """Append the round's relevant texts that are neither exact nor near duplicates of a kept one."""
+    def _keep(self, texts: list[str], vecs: Any, rel: Any, answers: Any, slot: list[int], asked: list[str],
+              stats: list[dict], rnd: int) -> tuple[list[dict], dict[str, int]]:
+        """Append the round's relevant texts that are neither exact nor near duplicates of a kept one.
+
+        Returns:
+            The new records and how many relevant texts were dropped, by reason (``duplicate``,
+            ``near_duplicate``, ``over_n``: N was reached).
+        """
         import numpy as np
 
-        new = []
+        new, dropped = [], {"duplicate": 0, "near_duplicate": 0, "over_n": 0}
         for t, text in enumerate(texts):
-            key = gen.normalise(text)
-            if len(self.records) >= self.cfg.n or not rel[t] or key in self.seen:
+            if not rel[t]:
                 continue
-            if sc.near_duplicate(vecs[t], self.kept_vecs, self.cfg.dedup_similarity):
+            key = gen.normalise(text)
+            reason = ("over_n" if len(self.records) >= self.cfg.n else "duplicate" if key in self.seen else
+                      "near_duplicate" if sc.near_duplicate(vecs[t], self.kept_vecs, self.cfg.dedup_similarity)
+                      else None)
+            if reason:
+                dropped[reason] += 1
                 continue
             self.seen.add(key)
             self.kept_vecs = vecs[t:t + 1] if self.kept_vecs is None else np.vstack([self.kept_vecs, vecs[t:t + 1]])
             s = stats[slot[t]]
             rec = {"text": text, "label": self.cfg.task.label_words[int(answers.label[t])],
-                   "instruction": self.pool[arms[slot[t]]], "round": rnd, "relevance": round(s["relevance"], 4),
+                   "instruction": asked[slot[t]], "round": rnd, "relevance": round(s["relevance"], 4),
                    "reward": round(s["reward"], 4), "confidence": round(float(answers.confidence[t]), 4),
                    "mode": self.mode, "source": "reveal"}
             self.records.append(rec)
             new.append(rec)
-        return new
+        return new, dropped
+
+
+class _Clock:
+    """Seconds spent per phase of a round (summed when a phase comes back)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(self.laps.get(phase, 0.0) + now - self.last, 3)
+        self.last = now
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 3)
 
 
 def _mean(values: Any) -> float:

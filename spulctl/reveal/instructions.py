@@ -115,23 +115,40 @@ _IMPERATIVE = frozenset({"write", "compose", "give", "describe", "tell", "create
 _WORD = re.compile(r"[a-z]{4,}")
 
 
+TARGET = "{target}"
+
+
 def fill(template: str, target: str, others: list[str], rng: random.Random) -> str:
     """Put the target (and, for ``{other}``, a random non-target name) into ``template``."""
-    return template.replace("{target}", target).replace("{other}", rng.choice(others))
+    return template.replace(TARGET, target).replace("{other}", rng.choice(others))
 
 
-def build_pool(mode: str, target: str, entities: list[str], seed: int) -> list[str]:
+def fill_target(instruction: str, name: str) -> str:
+    """Put one target name into a pool instruction that kept its ``{target}`` slot (others pass unchanged)."""
+    return instruction.replace(TARGET, display_name(name))
+
+
+def display_name(name: str) -> str:
+    """A name as an instruction writes it: an all-lower-case name gets capitals ("samuel l. jackson" ->
+    "Samuel L. Jackson"; a model copies the casing it is shown). Names are matched in any case either way."""
+    return name.title() if name == name.lower() else name
+
+
+def build_pool(mode: str, target: str, entities: list[str], seed: int, per_name: bool = False) -> list[str]:
     """The filled instructions of ``mode`` (``forget`` or ``retain``), in template order.
 
     Args:
         target: how the instructions name the target (:meth:`RevealConfig.describe_target`).
         entities: target names, excluded from the hard-negative names.
+        per_name: forget templates keep their ``{target}`` slot, to be filled with one name per sample
+            (:func:`fill_target`): a small model asked about six people at once garbles the names, asked about
+            one it writes it correctly, and the bandit learns which framing works whatever the name.
     """
     rng = random.Random(seed)
     lowered = {e.lower() for e in entities}
     others = [p for p in OTHER_PEOPLE if p.lower() not in lowered and p.split()[-1].lower() not in lowered]
     templates = FORGET_TEMPLATES if mode == "forget" else RETAIN_TEMPLATES
-    return [fill(t, target, others, rng) for t in templates]
+    return [fill(t, TARGET if per_name else target, others, rng) for t in templates]
 
 
 def keeps_constraint(paraphrase: str, mode: str, target: str, on_target: re.Pattern[str] | None) -> bool:

@@ -22,11 +22,22 @@ def plot_path(out: Path) -> Path:
 
 
 def summary(cfg: Any, rounds: list[dict], kept: int, generated: int, seconds: float) -> dict[str, Any]:
-    """The report: config, totals, throughput and the per-round rows."""
+    """The report: config, totals, throughput, why samples were not kept, where the time went, per-round rows."""
     return {"spulctl_version": __version__, "config": cfg.to_dict(), "kept": kept, "generated": generated,
             "rounds": len(rounds), "seconds": round(seconds, 2),
             "kept_per_minute": round(60 * kept / seconds, 2) if seconds else None,
-            "acceptance": round(kept / generated, 4) if generated else 0.0, "per_round": rounds}
+            "acceptance": round(kept / generated, 4) if generated else 0.0,
+            "rejected": totals(r.get("rejected", {}) for r in rounds),
+            "phase_seconds": totals(r.get("phase_seconds", {}) for r in rounds), "per_round": rounds}
+
+
+def totals(rows: Any) -> dict[str, float]:
+    """Key-wise sums of dicts of numbers (per-round rejection counts or phase seconds)."""
+    out: dict[str, float] = {}
+    for row in rows:
+        for key, value in row.items():
+            out[key] = round(out.get(key, 0) + value, 3)
+    return out
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:

@@ -105,6 +105,22 @@ def answer(model: nn.Module, tok: Any, task: TaskSpec, texts: list[str], batch_s
     return Answers(label, conf, mass)
 
 
+def answer_some(model: nn.Module, tok: Any, task: TaskSpec, texts: list[str], which: np.ndarray,
+                batch_size: int = 32) -> Answers:
+    """:func:`answer` for the texts where ``which`` (n,) is True, in batches; the others get label 0 and
+    confidence 0 (off task by any threshold). The round asks only about texts that passed the target test: the
+    answer cannot make any other text relevant, and it costs a forward per text."""
+    import numpy as np
+
+    n = len(texts)
+    out = Answers(np.zeros(n, int), np.zeros(n, np.float32), np.zeros(n, np.float32))
+    idx = np.flatnonzero(which)
+    if len(idx):
+        some = answer(model, tok, task, [texts[i] for i in idx], batch_size)
+        out.label[idx], out.confidence[idx], out.label_mass[idx] = some.label, some.confidence, some.label_mass
+    return out
+
+
 # ---------------------------------------------------------------- relevance
 def on_target(texts: list[str], vecs: np.ndarray, names: re.Pattern[str] | None, anchors: np.ndarray | None,
               similarity: float) -> np.ndarray:
