@@ -47,7 +47,8 @@ LAYERS: list[tuple[str, int, str]] = [
     ("spulctl.bundle", 4, "bundle"), ("spulctl.data.split", 4, "split"), ("spulctl.data.ner_split", 4, "split"),
     ("spulctl.step", 3, "step"), ("spulctl.loss", 3, "step"), ("spulctl.attention", 3, "step"),
     ("spulctl.lean_mlp", 3, "step"), ("spulctl.prompt", 3, "step"), ("spulctl.cuda_graphs", 3, "step"),
-    ("spulctl.kernels", 2, "kernels"), ("spulctl.models", 2, "models"), ("spulctl.quantization", 2, "models"), ("spulctl.data", 2, "data"),
+    ("spulctl.kernels", 2, "kernels"), ("spulctl.models", 2, "models"), ("spulctl.data", 2, "data"),
+    ("spulctl.quantization", 2, "models"),
     ("spulctl.config", 2, "config"), ("spulctl.selection", 2, "selection"), ("spulctl.plan", 2, "plan"),
     ("spulctl.errors", 1, "base"), ("spulctl.io", 1, "base"), ("spulctl.progress", 1, "base"),
     ("spulctl", 1, "base"),  # `from spulctl import __version__`
