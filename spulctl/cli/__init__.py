@@ -10,6 +10,7 @@ One module per command group; this one builds the app and registers their comman
 * :mod:`spulctl.cli.deploy` — ``export``, ``predict``
 * :mod:`spulctl.cli.bundle` — ``bundle info | verify | compile``
 * :mod:`spulctl.cli.reveal` — ``reveal``
+* :mod:`spulctl.cli.plan` — ``plan`` (memory a run needs, from the config alone)
 
 Nothing here imports torch at import time: ``spulctl --help`` stays instant. Library errors
 (:class:`~spulctl.errors.SpulError`) become one red line on stderr and exit code 2.
@@ -21,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from spulctl.cli import bundle, data, deploy, evaluate, models, reveal, train
+from spulctl.cli import bundle, data, deploy, evaluate, models, plan, reveal, train
 from spulctl.cli.common import console, handle_errors
 
 __all__ = ["app", "handle_errors", "main"]
@@ -84,6 +85,7 @@ app.command()(deploy.predict)
 app.add_typer(bundle.bundle_app, name="bundle")
 app.command()(train.unlearn)
 app.command()(reveal.reveal)
+app.command()(plan.plan)
 
 
 def main() -> None:
