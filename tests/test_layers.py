@@ -49,7 +49,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("spulctl.lean_mlp", 3, "step"), ("spulctl.prompt", 3, "step"), ("spulctl.cuda_graphs", 3, "step"),
     ("spulctl.kernels", 2, "kernels"), ("spulctl.models", 2, "models"), ("spulctl.data", 2, "data"),
     ("spulctl.quantization", 2, "models"),
-    ("spulctl.config", 2, "config"), ("spulctl.selection", 2, "selection"), ("spulctl.plan", 2, "plan"),
+    ("spulctl.config", 2, "config"), ("spulctl.selection", 2, "selection"), ("spulctl.plan", 2, "models"),
     ("spulctl.errors", 1, "base"), ("spulctl.io", 1, "base"), ("spulctl.progress", 1, "base"),
     ("spulctl", 1, "base"),  # `from spulctl import __version__`
 ]
