@@ -186,18 +186,30 @@ def load_compiled_prefix(bundle: Bundle, model_fingerprint: str) -> list[tuple[t
 
 
 def check_fingerprint(bundle: Bundle, model: nn.Module, ignore: bool = False) -> None:
-    """Refuse a bundle trained for another base model.
+    """Refuse a bundle trained for another base model, or for the same base quantized differently.
+
+    ``bundle.json`` records the base's quantization (``base_model.quantization``: ``none``, ``4bit`` or ``8bit``;
+    absent in bundles written before it was recorded, which means ``none``); it is checked first, so a mismatch says
+    "quantization" rather than only that the fingerprints differ.
 
     Raises:
-        BundleError: fingerprints differ and ``ignore`` is False.
+        BundleError: fingerprints or quantizations differ and ``ignore`` is False.
     """
     from spulctl.models import fingerprint_matches
+    from spulctl.quantization import DESCRIPTION, quantization_of
 
     if model.config.hidden_size != bundle.prompt.shape[1]:
         raise BundleError(f"{bundle.path}: prompt dim {bundle.prompt.shape[1]} != model hidden size "
                           f"{model.config.hidden_size} (bundle is for another model)")
     if ignore:
         return
+    want_q, have_q = bundle.meta["base_model"].get("quantization", "none"), quantization_of(model)
+    if want_q != have_q:
+        flag = {"none": "without --load-in-4bit/--load-in-8bit", "4bit": "with --load-in-4bit",
+                "8bit": "with --load-in-8bit"}[want_q] if want_q in DESCRIPTION else ""
+        raise BundleError(f"{bundle.path}: quantization mismatch: trained on a {DESCRIPTION.get(want_q, want_q)} "
+                          f"base, this base is {DESCRIPTION[have_q]} (load the model {flag}, or pass "
+                          "--ignore-fingerprint to use it anyway)")
     same, have = fingerprint_matches(bundle.fingerprint, model)
     if not same:
         raise BundleError(f"{bundle.path}: trained for model {bundle.fingerprint[:19]}… "

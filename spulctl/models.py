@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from spulctl.errors import MissingDependencyError, ModelError
 from spulctl.io import staged_dir, write_json_atomic
+from spulctl.quantization import bnb_config
 
 if TYPE_CHECKING:
     import torch
@@ -272,14 +273,17 @@ def load_model(
     load_in_4bit: bool = False,
     device: str | None = None,
     progress: Progress | None = None,
+    quantization: str = "none",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model and its tokenizer from any spec ``resolve`` accepts.
 
     Args:
         spec: ``--model`` value.
         dtype: ``auto`` (bf16 on CUDA, fp32 elsewhere), ``float32``, ``bfloat16`` or ``float16``.
-        load_in_4bit: quantise linear layers to NF4 with bitsandbytes (QLoRA).
+        load_in_4bit: quantise linear layers to NF4 with bitsandbytes (QLoRA); same as ``quantization="4bit"``.
         device: ``cpu``/``cuda``/...; default CUDA when available.
+        quantization: ``none`` | ``4bit`` (NF4) | ``8bit`` (int8): the frozen linear layers in bitsandbytes
+            (:mod:`spulctl.quantization`); the rest stays in ``dtype``.
 
     Raises:
         ModelError: cannot be resolved or loaded (one line, with a hint for hub ids offline).
@@ -292,12 +296,15 @@ def load_model(
         require_hub(spec, where.path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _dtype(dtype, device)
+    quantization = "4bit" if load_in_4bit else quantization
     if where.kind == "gguf":
+        if quantization != "none":
+            raise ModelError(f"{spec}: --load-in-{quantization} needs a model directory, not a .gguf file")
         model, tok = _load_gguf_plain(where.path, where.gguf_file or "")
         return model.to(device=device, dtype=torch_dtype), tok
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if load_in_4bit:
-        kwargs["quantization_config"] = _nf4_config(torch_dtype)
+    if quantization != "none":
+        kwargs["quantization_config"] = bnb_config(quantization, torch_dtype)
         kwargs["device_map"] = {"": device}
     try:
         tok = AutoTokenizer.from_pretrained(where.path)
@@ -308,19 +315,11 @@ def load_model(
             hint = " (offline or gated? download it where you have network and pass --model /path/to/local/dir)"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{spec}: cannot load model: {first}{hint}") from None
-    if not load_in_4bit:
+    if quantization == "none":
         model = model.to(device)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model.eval(), tok
-
-
-def _nf4_config(compute_dtype: torch.dtype) -> Any:
-    _require("bitsandbytes", "bitsandbytes")
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
-                              bnb_4bit_use_double_quant=True)
 
 
 def _dtype(name: str, device: str) -> torch.dtype:
@@ -371,7 +370,9 @@ def _weights_hash(model: PreTrainedModel, rounded: bool) -> str:
         h.update(str(tuple(w.shape)).encode())
         h.update(w.numpy().tobytes())
     for name, w in sorted(model.state_dict().items()):
-        if w.is_floating_point():
+        # bitsandbytes' quantization state (``…weight.absmax`` etc.) changes form on the first CPU forward; a plain
+        # model has no such keys. The packed weights themselves are integers: the quantization is checked apart.
+        if w.is_floating_point() and ".weight." not in name:
             h.update(name.encode())
             h.update(canon(w.flatten()[::1009]).numpy().tobytes())
     return h.hexdigest()

@@ -52,11 +52,14 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
              ignore_fingerprint: bool = False, mia: bool = False, plots: Path | None = None,
              robustness: bool = False, kernels: str = "auto", dtype: str = "auto", backend: str = "torch",
              on_event: Event | None = None, max_length: int | None = None,
-             recipe: dict[str, Any] | None = None, mia_reference: str | None = None) -> dict[str, Any]:
+             recipe: dict[str, Any] | None = None, mia_reference: str | None = None,
+             quantization: str = "none") -> dict[str, Any]:
     """``spulctl eval``: score the model (and bundle, and comparisons), check gates, write the report.
 
     ``mia_reference`` (a model spec, e.g. one familiarized with ``--never-seen``) adds the reference attack to
     membership inference (and turns it on); the report's ``mia_reference`` names it, or says it was skipped.
+
+    ``quantization`` (``none|4bit|8bit``) loads the model subjects' frozen weights through bitsandbytes.
 
     ``recipe`` (the ``--config`` file's path, sha256 and content) is copied into the report.
 
@@ -103,7 +106,8 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
     gates = dict(gates or {})
     mia = mia or gates.get("max_mia_auc") is not None or mia_reference is not None
     results, mia_results = evaluate_subjects(subjects, splits, limit, batch_size, emit, ignore_fingerprint, mia,
-                                             robustness, kernels, dtype, backend, max_length, mia_reference)
+                                             robustness, kernels, dtype, backend, max_length, mia_reference,
+                                             quantization=quantization)
     primary = "bundle" if bundle is not None else "model"
     checked = check_gates(results[primary], results["model"], mia=mia_results.get(primary), **gates)
     report = build_report(results, "model", subjects, splits, limit, checked, mia_results)

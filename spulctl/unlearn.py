@@ -51,7 +51,7 @@ class UnlearnConfig:
         eval_limit: records per test split in the before/after report (None = all, 0 = none).
         kernels: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch`` for the answer-head loss.
         dtype: weights and activations: ``auto`` (bf16 on CUDA, fp32 elsewhere), ``float32``, ``bfloat16``,
-            ``float16``; the soft prompt itself always trains in fp32.
+            ``float16``; the soft prompt itself always trains in fp32. load_in_4bit / load_in_8bit: NF4 / int8 base.
         report_before: also score the model without the artifact (the "before" column).
         tau: train on this seeded fraction of the forget set (paper Table 3).
         eval_every: every this many epochs, score held-out slices (``holdout`` of forget and of retain, taken out
@@ -112,6 +112,8 @@ class UnlearnConfig:
     report_before: bool = True
     kernels: str = "auto"
     dtype: str = "auto"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
     max_length: int | None = None
     forget_share: float = 0.5
     forget_passes: float = 10.0
@@ -187,6 +189,7 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     from spulctl.methods import get_method
     from spulctl.methods.base import UnlearnContext
     from spulctl.models import fingerprint, load_model
+    from spulctl.quantization import quantization_name
 
     emit = on_event or (lambda _e: None)
     note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
@@ -196,7 +199,11 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     forget, retain, hashes = load_inputs(cfg, note)
     method_cls = get_method(cfg.method)
     task = TaskSpec(generic_labels=tuple(cfg.generic_labels))
-    model, tok = load_model(cfg.model, dtype=cfg.dtype, progress=note)
+    quantization = quantization_name(cfg.load_in_4bit, cfg.load_in_8bit)
+    if quantization != "none" and method_cls.artifact != "bundle":
+        raise SpulError(f"--load-in-{quantization}: only for prompt methods (spul, hard_prompt, icul); {cfg.method} "
+                        "writes fine-tuned weights into the base")
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, progress=note, quantization=quantization)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
@@ -276,7 +283,7 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     after = _report(model, tok, task, cfg, emit, "after", method.scorer(), max_length)
     meta = {
         "method": cfg.method, "settings": _settings(cfg), "task": task.to_dict(),
-        "base_model": {"spec": cfg.model, "fingerprint": base_fp},
+        "base_model": {"spec": cfg.model, "fingerprint": base_fp, "quantization": quantization},
         "data": {"sha256": hashes, "forget_records": len(forget), "retain_records": len(retain),
                  "retain_source": retain_source, "truncation": truncation,
                  "plan": plan.summary if plan else None},

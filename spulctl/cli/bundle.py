@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from spulctl.cli.common import IgnoreFingerprintOpt, ModelOpt, OverwriteOpt, console, handle_errors
+from spulctl.cli.common import (
+    IgnoreFingerprintOpt,
+    LoadIn4bitOpt,
+    LoadIn8bitOpt,
+    ModelOpt,
+    OverwriteOpt,
+    console,
+    handle_errors,
+)
 
 bundle_app = typer.Typer(help="Inspect and verify prompt bundles.", no_args_is_help=True)
 BundleArg = Annotated[Path, typer.Argument(help="Bundle directory.")]
@@ -30,15 +38,19 @@ def bundle_verify(
     path: BundleArg,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Also check it fits this model.")] = None,
     ignore_fingerprint: IgnoreFingerprintOpt = False,
+    load_in_4bit: LoadIn4bitOpt = False,
+    load_in_8bit: LoadIn8bitOpt = False,
 ) -> None:
-    """Check files, hashes and shapes; with --model also the base-model fingerprint. Exit 2 on any mismatch."""
+    """Check files, hashes and shapes; with --model also the base-model fingerprint and quantization. Exit 2 on any
+    mismatch."""
     from spulctl.bundle import check_fingerprint, load_bundle
 
     bundle = load_bundle(path)
     if model is not None:
         from spulctl.models import load_model
+        from spulctl.quantization import quantization_name
 
-        m, _ = load_model(model)
+        m, _ = load_model(model, quantization=quantization_name(load_in_4bit, load_in_8bit))
         check_fingerprint(bundle, m, ignore_fingerprint)
     console.print(f"[green]ok[/green] {path}: p={bundle.prompt.shape[0]} d={bundle.prompt.shape[1]} "
                   f"method={bundle.meta.get('method')} base={bundle.fingerprint[:19]}…")

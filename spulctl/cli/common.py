@@ -166,6 +166,9 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an exis
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")]
 IgnoreFingerprintOpt = Annotated[bool, typer.Option("--ignore-fingerprint",
                                                     help="Use a bundle on a model whose fingerprint differs.")]
+LoadIn4bitOpt = Annotated[bool, typer.Option("--load-in-4bit", help="Frozen base in 4-bit NF4 (bitsandbytes); the "
+                                             "prompt and the loss stay fp32.")]
+LoadIn8bitOpt = Annotated[bool, typer.Option("--load-in-8bit", help="Frozen base in 8-bit int8 (bitsandbytes).")]
 MicroBatchOpt = Annotated[int, typer.Option(help="Examples per forward/backward slice of a step (gradients added up; "
                                                  "less memory, same step). 0: the whole batch.")]
 DtypeOpt = Annotated[str, typer.Option(help="Model weights/activations: auto (bf16 on CUDA, fp32 on CPU) | float32 | "

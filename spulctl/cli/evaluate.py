@@ -12,6 +12,8 @@ from spulctl.cli.common import (
     ConfigOpt,
     DtypeOpt,
     IgnoreFingerprintOpt,
+    LoadIn4bitOpt,
+    LoadIn8bitOpt,
     MaxLengthOpt,
     ModelOpt,
     OverwriteOpt,
@@ -52,6 +54,8 @@ def eval_(
     kernels: Annotated[str, typer.Option(help="auto | triton | torch (fused head for the MIA token scores).")]
     = "auto",
     dtype: DtypeOpt = "auto",
+    load_in_4bit: LoadIn4bitOpt = False,
+    load_in_8bit: LoadIn8bitOpt = False,
     backend: Annotated[str, typer.Option(help="torch | onnx: score the splits through an ONNX Runtime export of "
                                               "each subject (checked against torch first; faster on the CPU).")]
     = "torch",
@@ -64,6 +68,7 @@ def eval_(
     """Score the model (with --bundle, and --compare subjects) on the splits; exit 1 if a gate fails."""
     from spulctl.pipeline import run_eval
     from spulctl.progress import RichEvents
+    from spulctl.quantization import quantization_name
 
     folder = splits or splits_arg
     if folder is None:
@@ -76,7 +81,8 @@ def eval_(
                           gates=gates, junit=junit, overwrite=overwrite, ignore_fingerprint=ignore_fingerprint,
                           mia=mia, plots=plots, robustness=robustness, kernels=kernels, dtype=dtype,
                           backend=backend, recipe=config, on_event=events, max_length=max_length,
-                          mia_reference=mia_reference)
+                          mia_reference=mia_reference,
+                          quantization=quantization_name(load_in_4bit, load_in_8bit))
     _print_report(report)
     if any(not g["passed"] for g in report["gates"]):
         raise typer.Exit(1)

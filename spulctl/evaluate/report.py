@@ -62,7 +62,8 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
                       robustness: bool = False, kernels: str = "auto",
                       dtype: str = "auto", backend: str = "torch",
                       max_length: int | None = None,
-                      mia_reference: str | None = None) -> tuple[Results, dict[str, dict]]:
+                      mia_reference: str | None = None,
+                      quantization: str = "none") -> tuple[Results, dict[str, dict]]:
     """Score every subject on every split present (and, with ``robustness``, on rewritten forget queries,
     stored as ``probe:<name>`` entries).
 
@@ -73,6 +74,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     example (:mod:`spulctl.data.truncate`; None: each subject's context window minus its prompt); each split's
     metrics count the records cut (``truncated``). ``mia_reference`` (a model spec) adds the reference attack to
     membership inference: it is scored first, alone in memory (:func:`spulctl.evaluate.mia.reference_logliks`).
+    ``quantization`` (``none|4bit|8bit``) loads the subjects' frozen base through bitsandbytes.
 
     Returns:
         subject -> split -> metrics, and (with ``mia``) subject -> membership-inference results.
@@ -106,6 +108,8 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     mia_results: dict[str, dict] = {}
     if backend not in BACKENDS:
         raise SpulError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if quantization != "none" and backend != "torch":
+        raise SpulError(f"--load-in-{quantization}: only with --backend torch (the ONNX export is full precision)")
     reference = (reference_logliks(mia_reference, _reference_needs(subjects), records, emit, dtype, max_length)
                  if mia and mia_reference else {})
     for subj in subjects:
@@ -119,7 +123,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
                 continue
         if subj.model not in loaded:
             loaded.clear()  # one model in memory at a time
-            loaded[subj.model] = _load_subject_model(subj.model, dtype, ignore_fingerprint)
+            loaded[subj.model] = _load_subject_model(subj.model, dtype, ignore_fingerprint, quantization)
         model, tok = loaded[subj.model]
         which = resolve_kernels(kernels, next(model.parameters()).device)
         task, scorer, phi = TaskSpec(), None, None
@@ -144,14 +148,14 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     return results, mia_results
 
 
-def _load_subject_model(spec: str, dtype: str, ignore_fingerprint: bool) -> tuple[Any, Any]:
+def _load_subject_model(spec: str, dtype: str, ignore_fingerprint: bool, quantization: str = "none") -> tuple[Any, Any]:
     """A model spec, or a ``--method release`` LoRA adapter folder (its base model + the adapter, as PEFT loads it)."""
     from spulctl.models import load_model
     from spulctl.release.lora import is_lora_adapter, load_adapter_model
 
     if is_lora_adapter(Path(spec)):
         return load_adapter_model(Path(spec), dtype, ignore_fingerprint)
-    return load_model(spec, dtype=dtype)
+    return load_model(spec, dtype=dtype, quantization=quantization)
 
 
 def _reference_needs(subjects: list[Subject]) -> dict[str, tuple[Any, int]]:
