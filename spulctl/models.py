@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from spulctl.errors import MissingDependencyError, ModelError
 from spulctl.io import staged_dir, write_json_atomic
-from spulctl.quantization import bnb_config
+from spulctl.quantization import bnb_config, keep_input_gradients
 
 if TYPE_CHECKING:
     import torch
@@ -317,6 +317,8 @@ def load_model(
         raise ModelError(f"{spec}: cannot load model: {first}{hint}") from None
     if quantization == "none":
         model = model.to(device)
+    elif device == "cpu":
+        keep_input_gradients(model)  # else bitsandbytes' CPU inference layout cuts the prompt's gradient
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model.eval(), tok

@@ -53,6 +53,22 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype) -> Any:
                               bnb_4bit_use_double_quant=True)
 
 
+def keep_input_gradients(model: nn.Module) -> int:
+    """Stop bitsandbytes' CPU path from repacking 4-bit weights for inference; returns the layers changed.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) converts a ``Linear4bit``'s weight to a packed layout on its first
+    eval-mode forward without gradients, and from then on multiplies with a kernel outside autograd: no gradient
+    reaches the layer's input, so a soft prompt behind it would never learn (the loss stays flat). Switching the
+    conversion off keeps the autograd matmul (slower on such CPUs, correct everywhere).
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
 def quantization_of(model: nn.Module) -> str:
     """Which quantization a loaded model's weights have: ``none``, ``4bit`` or ``8bit``."""
     if getattr(model, "is_loaded_in_4bit", False):

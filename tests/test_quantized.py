@@ -49,6 +49,28 @@ def test_tiny_model_loads_quantized_on_cpu_and_scores(tiny_model_dir: Path, kind
     assert (q - f).abs().max() < 0.5 * f.abs().max()  # close to the fp32 model, not equal
 
 
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_the_gradient_reaches_the_input_after_an_inference_pass(tiny_model_dir: Path, kind: str):
+    """bitsandbytes' CPU path repacks 4-bit weights on an eval-mode forward without gradients and then multiplies
+    outside autograd; load_model switches that off, so a prompt behind the layers still gets its gradient."""
+    import torch
+
+    from spulctl.models import load_model
+
+    model, tok = _quantized_tiny(tiny_model_dir, kind)
+    plain, _ = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    ids = tok(["a fine film"], return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        model(input_ids=ids)  # the first, gradient-free pass (the cached reference, the "before" report)
+    grads = []
+    for m in (model, plain):
+        emb = m.get_input_embeddings()(ids).detach().float().requires_grad_(True)
+        m(inputs_embeds=emb).logits[0, -1].log_softmax(-1)[:8].sum().backward()
+        grads.append(emb.grad.flatten())
+    assert grads[0].abs().sum() > 0
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.8
+
+
 def _unlearn(tiny_model_dir: Path, demo_splits: Path, out: Path, *extra: str):
     return CliRunner().invoke(app, ["unlearn", "--model", str(tiny_model_dir), "--splits", str(demo_splits), "-o",
                                     str(out), "-p", "4", "--max-steps", "2", "--eval-limit", "0", "--retain-limit",
