@@ -123,9 +123,58 @@ def micro_slices(indices: list[int], micro_batch: int) -> list[list[int]]:
     return [indices[i:i + micro_batch] for i in range(0, len(indices), micro_batch)]
 
 
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of a data-parallel run (``accelerate launch``/``torchrun`` set ``WORLD_SIZE``); the
+    process group (gloo on the CPU, NCCL on GPUs) is started on first use. ``(0, 1)`` in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+        if not cpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("gloo" if cpu else "nccl")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank_private_dir(out: Path) -> Path | None:
+    """Where ranks above 0 of a data-parallel run write instead of ``out``: a private temporary directory, removed
+    at exit, so only rank 0's artifact, checkpoints and log exist. None on rank 0 and in a single process."""
+    rank = world()[0]
+    if rank == 0:
+        return None
+    import atexit
+    import shutil
+    import tempfile
+
+    private = Path(tempfile.mkdtemp(prefix=f"spulctl-rank{rank}-"))
+    atexit.register(shutil.rmtree, private, True)
+    return private / out.name
+
+
+def _all_reduce(objective: Objective, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum the ranks' gradients (the trainable parameters only: the frozen base is never communicated) and parts."""
+    import torch
+    import torch.distributed as dist
+
+    for _, p in objective.named_parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+    gathered: list[dict[str, float]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, {k: float(v) for k, v in parts.items()})
+    keys = list(dict.fromkeys(k for g in gathered for k in g))
+    return {k: torch.tensor(sum(g.get(k, 0.0) for g in gathered)) for k in keys}
+
+
 def forward_backward(objective: Objective, indices: list[int], micro_batch: int = 0,
                      step: int = 0) -> dict[str, torch.Tensor]:
     """Loss and gradients (accumulated into ``.grad``) of one batch, in slices of ``micro_batch`` examples.
+
+    In a data-parallel run each rank takes every world-th example of the batch, computes its share of the whole
+    batch's loss, and the ranks' gradients are summed: the same step as one process with the same batch.
 
     Returns:
         The batch's loss parts (detached): the sum of the slices' shares.
@@ -135,17 +184,18 @@ def forward_backward(objective: Objective, indices: list[int], micro_batch: int 
     """
     import torch
 
-    slices = micro_slices(indices, micro_batch)
+    rank, size = world()
+    slices = [s for s in micro_slices(indices[rank::size], micro_batch) if s]
     total: dict[str, torch.Tensor] = {}
     for part in slices:
-        parts = objective.loss(part) if len(slices) == 1 else objective.loss(part, within=indices)
+        parts = objective.loss(part) if len(slices) == 1 and size == 1 else objective.loss(part, within=indices)
         loss = parts["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}; lower --lr or check the data")
         loss.backward()
         for k, v in parts.items():
             total[k] = total[k] + v.detach() if k in total else v.detach()
-    return total
+    return _all_reduce(objective, total) if size > 1 else total
 
 
 def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
@@ -194,6 +244,12 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
     from spulctl.step import bucketed_batches
 
     emit = on_event or (lambda _e: None)
+    save_dir, (rank, size) = ckpt_dir, world()
+    if rank > 0:  # data-parallel: only rank 0 reports and writes checkpoints (every rank may resume)
+        emit, save_dir = (lambda _e: None), None
+    elif size > 1:
+        emit({"kind": "note", "message": f"data-parallel: {size} processes, each {cfg.batch_size // size}+ "
+                                         f"examples of every batch; only the trainable parameters all-reduced"})
     names, params = zip(*objective.named_parameters(), strict=True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lengths = objective.lengths()
@@ -238,8 +294,8 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
             last = state["global_step"] >= total
             if last:
                 break
-            if ckpt_dir is not None and cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
-                _save_checkpoint(Path(ckpt_dir), names, params, opt, sched, state, best)
+            if save_dir is not None and cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                _save_checkpoint(Path(save_dir), names, params, opt, sched, state, best)
                 emit({"kind": "checkpoint", "step": state["global_step"]})
         # epoch end: record the mean of each loss part, move on, checkpoint
         state["history"].append({k: s[0] / max(1, s[1]) for k, s in state["sums"].items()})
@@ -254,8 +310,8 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
                 best = {n: p.detach().clone() for n, p in zip(names, params, strict=True)}
             if should_stop is not None and should_stop(state["evals"]):
                 state["stopped_early"] = state["epoch"]
-        if ckpt_dir is not None:
-            _save_checkpoint(Path(ckpt_dir), names, params, opt, sched, state, best)
+        if save_dir is not None:
+            _save_checkpoint(Path(save_dir), names, params, opt, sched, state, best)
         if state.get("stopped_early"):
             emit({"kind": "note", "message": f"stop rule met after epoch {state['epoch']} "
                                              f"(step {state['global_step']} of {total})"})

@@ -18,7 +18,7 @@ from spulctl.data.task import DEFAULT_GENERIC_LABELS, TaskSpec
 from spulctl.errors import SpulError
 from spulctl.familiarize import LoraSettings, evaluate_splits
 from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir, write_jsonl_atomic
-from spulctl.train import TrainConfig, TrainResult, fit
+from spulctl.train import TrainConfig, TrainResult, fit, rank_private_dir
 from spulctl.unlearn_data import FORGET_FILE, RETAIN_FILE, load_inputs
 
 Event = Callable[[dict[str, Any]], None]
@@ -191,6 +191,8 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     from spulctl.models import fingerprint, load_model
     from spulctl.quantization import quantization_name
 
+    if (private := rank_private_dir(cfg.out)) is not None:  # accelerate rank > 0: trains, writes nothing shown
+        cfg, on_event, overwrite = replace(cfg, out=private), None, True
     emit = on_event or (lambda _e: None)
     note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
     ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"

@@ -6,6 +6,7 @@ same name, so a new option is one parameter here plus one dataclass field in the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -186,6 +187,8 @@ def unlearn(
     )
     with RichEvents(console) as events:
         meta = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
+    if os.environ.get("RANK", "0") != "0":  # data-parallel (accelerate launch): rank 0 reports
+        return
     if "release" in meta:
         print_release_rounds(meta["release"])
     print_before_after(meta["metrics"], f"{method}: saved to {out}")
