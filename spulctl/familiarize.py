@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from spulctl.data.readers import find_split_file, load_split
 from spulctl.data.task import TaskSpec, is_generative, task_for_splits
 from spulctl.errors import SpulError
 from spulctl.io import check_output_dir, sha256_file, staged_dir, write_json_atomic
-from spulctl.train import TrainConfig, fit
+from spulctl.train import TrainConfig, fit, rank_private_dir
 
 MANIFEST = "spulctl-manifest.json"
 
@@ -128,6 +128,8 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     from spulctl.data.truncate import POLICY, resolve_max_length, truncation_note
     from spulctl.models import fingerprint, load_model
 
+    if (private := rank_private_dir(cfg.out)) is not None:  # accelerate rank > 0: trains, writes nothing shown
+        cfg, on_event, overwrite = replace(cfg, out=private), None, True
     emit = on_event or (lambda _e: None)
     note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
     ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"

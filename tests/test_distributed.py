@@ -1,4 +1,5 @@
-"""Data-parallel SPUL through accelerate: 2 CPU processes (gloo) give the bundle of 1 process with the same batch."""
+"""Data-parallel runs through accelerate: 2 CPU processes (gloo) give what 1 process gives with the same batch (SPUL
+bundle, LoRA familiarization) and write one set of artifacts."""
 
 from __future__ import annotations
 
@@ -49,6 +50,29 @@ def test_two_cpu_processes_give_the_single_process_bundle(tiny_model_dir: Path, 
     assert set(Path(tempfile.gettempdir()).glob("spulctl-rank*")) == before
     assert two.stdout.count("saved to") == 1, two.stdout
     assert "data-parallel: 2 processes" in two.stdout.replace("\n", " "), two.stdout
+
+
+def test_two_cpu_processes_give_the_single_process_lora_familiarization(tiny_model_dir: Path, demo_splits: Path,
+                                                                        tmp_path: Path):
+    from safetensors.torch import load_file
+
+    common = ["familiarize", str(demo_splits), "--model", str(tiny_model_dir), "--max-steps", "3", "--batch-size",
+              "8", "--retain-limit", "40", "--eval-limit", "0", "--lora-dropout", "0", "--lora-r", "4", "--lr", "1e-2"]
+    one = subprocess.run([sys.executable, "-m", "spulctl", *common, "-o", str(tmp_path / "one")], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              "29518", "-m", "spulctl", *common, "-o", str(tmp_path / "two")]
+    two = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("one", "two"))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert max((a[k] - base[k]).abs().max().item() for k in a if k in base) > 1e-3  # the runs did train
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    assert two.stdout.count("saved to") == 1, two.stdout
 
 
 def test_single_process_keeps_its_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

@@ -77,6 +77,8 @@ def familiarize(
                train=fill(TrainConfig, values, max_grad_norm=1.0, weight_decay=0.0), recipe=config)
     with RichEvents(console) as events:
         manifest = run(cfg, resume=resume, overwrite=overwrite, on_event=events)
+    if os.environ.get("RANK", "0") != "0":  # data-parallel (accelerate launch): rank 0 reports
+        return
     what = " (never saw train_forget)" if never_seen else ""
     print_metrics(manifest["metrics"], f"familiarized model{what} saved to {out}")
 
