@@ -9,6 +9,8 @@
 #   model     assemble the familiarized model from its parts (fp16 copy)
 #   step      bench_unlearn.py on CUDA: reference vs ours (CUDA graphs) vs eager vs Triton
 #   spul      end-to-end `spulctl unlearn` runs of the SST-2 recipe (timing, then a seed sweep in parallel)
+#   scale     a Llama-2-7B-shaped random-weight base (LAYERS=8 of 32; docs/scaling.md): bench_unlearn.py bf16
+#             (ours vs reference, samples/s, max_memory_allocated), SPUL runs bf16 and --load-in-4bit, spulctl plan
 #
 # The familiarized SmolLM2 travels as fp16 safetensors parts under .xfer/p1..p5 (each call's upload is capped,
 # so one part per call; the machine keeps them while it stays warm); the data (../shared/data/sst2-spul) travels
@@ -111,6 +113,24 @@ for d in sorted(Path("/tmp/spul").iterdir()):
 PYEOF
     tar -czf "$OUT/spul.tar.gz" -C /tmp/spul --exclude='*.safetensors.tmp' --exclude='reference.safetensors' \
         --exclude='checkpoint-*' . 2>/dev/null || true
+}
+
+scale() {  # needs setup + model (the SST-2 splits and SmolLM2's tokenizer under $FAM)
+    local shaped=/tmp/shaped7b layers=${LAYERS:-8}
+    [ -f $shaped/config.json ] || $PY benchmarks/make_shaped_model.py --config llama-2-7b --layers "$layers" \
+        --tokenizer $FAM -o $shaped | tee "$OUT/scale_shape.json"
+    timeout 400 $PY benchmarks/bench_unlearn.py --device cuda --model $shaped --data $FAM/sst2-spul --forget 200 \
+        --retain 400 --batch-size 16 --steps 10 --warmup 3 --rounds 1 --configs reference,ours \
+        --out "$OUT/scale_bench_bf16.json" 2>&1 | tail -20
+    for q in bf16 4bit; do
+        local flag=""; [ $q = 4bit ] && flag="--load-in-4bit"
+        /usr/bin/time -v $PY -m spulctl unlearn --model $shaped --splits $FAM/sst2-spul -o /tmp/scale-$q $flag \
+            --dtype bfloat16 --batch-size 16 --max-steps 20 --eval-limit 0 --no-report-before --no-select \
+            --retain-limit 1000 --overwrite >"$OUT/scale_$q.log" 2>&1 || tail -5 "$OUT/scale_$q.log"
+        cp /tmp/scale-$q/bundle.json "$OUT/scale_$q.bundle.json" 2>/dev/null || true
+        $PY -m spulctl plan --model $shaped/config.json --batch-size 16 --max-length 128 --dtype bfloat16 $flag \
+            --json >"$OUT/scale_plan_$q.json"
+    done
 }
 
 for stage in "$@"; do
