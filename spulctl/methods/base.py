@@ -87,31 +87,40 @@ class AnswerObjective:
 
     def loss(self, indices: list[int], within: list[int] | None = None) -> dict[str, torch.Tensor]:
         """The loss over ``indices``; with ``within`` (the whole batch), this micro-batch's share of it."""
-        import torch
-
-        from spulctl.step import collate
-
         if self.graphed is not None:
             return self.graphed(indices, within)
+        batch, is_forget, counts = self.batch(indices, within)
+        if self.kernels == "triton":
+            return self._fused_loss(batch, is_forget, counts)
+        q = self.logits_fn(batch)  # (b, k, V)
+        return unlearning_loss(q, batch.targets, is_forget, self.reference_logits(batch, is_forget), self.weights,
+                               counts)
+
+    def batch(self, indices: list[int], within: list[int] | None = None,
+              ) -> tuple[Batch, torch.Tensor, tuple[int, int] | None]:
+        """The collated rows on the device, their (b,) forget mask, and with ``within`` the whole batch's
+        (forget, retain) counts that each term is averaged over."""
+        from spulctl.step import collate
+
         batch = collate([self.examples[i] for i in indices], self.pad_id, indices).to(self.device)
         is_forget = batch.index < self.n_forget  # (b,)
         counts = None
         if within is not None:
             n_f = sum(i < self.n_forget for i in within)
             counts = (n_f, len(within) - n_f)
-        if self.kernels == "triton":
-            return self._fused_loss(batch, is_forget, counts)
-        q = self.logits_fn(batch)  # (b, k, V)
-        r = None
-        if self.weights.kl > 0 and bool((~is_forget).any()):
+        return batch, is_forget, counts
+
+    def reference_logits(self, batch: Batch, is_forget: torch.Tensor) -> torch.Tensor | None:
+        """(m, V) reference logits of the retain rows for the KL term, or None when there is no KL term to compute:
+        the cached hidden rows through the head, else a second, unprompted forward."""
+        import torch
+
+        if self.weights.kl <= 0 or not bool((~is_forget).any()):
+            return None
+        with torch.no_grad():
             if self.ref_hidden is not None:
-                rows = batch.index[~is_forget] - self.n_forget  # (m,)
-                with torch.no_grad():
-                    r = self.head(self.ref_hidden[rows]).float()  # (m, V)
-            else:
-                with torch.no_grad():
-                    r = self.ref_logits_fn(batch)[~is_forget, 0]  # (m, V): a second, unprompted forward
-        return unlearning_loss(q, batch.targets, is_forget, r, self.weights, counts)
+                return self.head(self.ref_hidden[batch.index[~is_forget] - self.n_forget]).float()  # (m, V)
+            return self.ref_logits_fn(batch)[~is_forget, 0]
 
     def _fused_loss(self, batch: Batch, is_forget: torch.Tensor,
                     counts: tuple[int, int] | None) -> dict[str, torch.Tensor]:

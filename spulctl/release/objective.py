@@ -56,16 +56,10 @@ class ReleaseObjective(AnswerObjective):
         import torch
 
         from spulctl.loss import npo_rows, row_ce, unlearning_loss
-        from spulctl.step import collate
 
-        batch = collate([self.examples[i] for i in indices], self.pad_id, indices).to(self.device)
-        is_forget = batch.index < self.n_forget  # (b,)
-        counts = None
-        if within is not None:
-            n_f = sum(i < self.n_forget for i in within)
-            counts = (n_f, len(within) - n_f)
+        batch, is_forget, counts = self.batch(indices, within)
         q = self.logits_fn(batch)  # (b, k, V)
-        parts = unlearning_loss(q, batch.targets, is_forget, self._reference(batch, is_forget), self.weights,
+        parts = unlearning_loss(q, batch.targets, is_forget, self.reference_logits(batch, is_forget), self.weights,
                                 counts)
         zero = q.new_zeros(())
         l_npo = zero
@@ -78,17 +72,6 @@ class ReleaseObjective(AnswerObjective):
         pen = self.penalty() * share if self.penalty is not None else zero
         loss = parts["loss"] + l_npo + self.ortho_lambda * pen
         return {**parts, "loss": loss, "l_npo": l_npo.detach(), "ortho": torch.as_tensor(pen).detach()}
-
-    def _reference(self, batch: Any, is_forget: torch.Tensor) -> torch.Tensor | None:
-        """(m, V) reference logits of the retain rows for the KL term (cached rows, or a forward without modules)."""
-        import torch
-
-        if self.weights.kl <= 0 or not bool((~is_forget).any()):
-            return None
-        with torch.no_grad():
-            if self.ref_hidden is not None:
-                return self.head(self.ref_hidden[batch.index[~is_forget] - self.n_forget]).float()  # (m, V)
-            return self.ref_logits_fn(batch)[~is_forget, 0]
 
 
 def label_logp(model: Any, examples: list[Encoded], pad_id: int, batch_size: int,
