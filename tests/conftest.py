@@ -72,3 +72,15 @@ def demo_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("splits") / "demo"
     run_split("demo", out, by="entity", entities=["Jonah Pellegrino", "Priya Raman", "Lucia Ferrante"])
     return out
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tiny_model_dir: Path, demo_splits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A p=4 SPUL bundle for the tiny model on the demo splits (two steps): a subject for eval-side tests."""
+    from spulctl.train import TrainConfig
+    from spulctl.unlearn import UnlearnConfig, unlearn
+
+    out = tmp_path_factory.mktemp("small-bundle") / "bundle"
+    unlearn(UnlearnConfig(model=str(tiny_model_dir), out=out, splits=demo_splits, prompt_tokens=4, eval_limit=0,
+                          retain_limit=60, train=TrainConfig(lr=1e-2, epochs=1, batch_size=16, max_steps=2)))
+    return out

@@ -10,18 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from spulctl.cli import app
-from spulctl.train import TrainConfig
-from spulctl.unlearn import UnlearnConfig, unlearn
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_model_dir: Path, demo_splits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("eval") / "bundle"
-    unlearn(UnlearnConfig(model=str(tiny_model_dir), out=out, splits=demo_splits, prompt_tokens=4, eval_limit=0,
-                          retain_limit=60, train=TrainConfig(lr=1e-2, epochs=1, batch_size=16, max_steps=2)))
-    return out
+@pytest.fixture()
+def bundle(small_bundle: Path) -> Path:
+    return small_bundle
 
 
 def test_eval_writes_table1_report(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):

@@ -84,15 +84,9 @@ def test_reference_attack_separates_what_the_loss_attack_cannot():
     assert loss["auc"] < 0.65, loss
 
 
-@pytest.fixture(scope="module")
-def prompt_bundle(tiny_model_dir: Path, demo_splits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from spulctl.train import TrainConfig
-    from spulctl.unlearn import UnlearnConfig, unlearn
-
-    out = tmp_path_factory.mktemp("mia") / "bundle"
-    unlearn(UnlearnConfig(model=str(tiny_model_dir), out=out, splits=demo_splits, prompt_tokens=4, eval_limit=0,
-                          retain_limit=60, train=TrainConfig(lr=1e-2, epochs=1, batch_size=16, max_steps=2)))
-    return out
+@pytest.fixture()
+def prompt_bundle(small_bundle: Path) -> Path:
+    return small_bundle
 
 
 def test_eval_mia_reference_equal_to_the_model(tiny_model_dir: Path, demo_splits: Path, prompt_bundle: Path,
