@@ -62,6 +62,9 @@ class FamiliarizeConfig:
         lora: adapter settings.
         train: optimisation settings.
         load_in_4bit: QLoRA (NF4 base).
+        dtype: weights and activations of the base while training: ``auto`` (bf16 on CUDA, fp32 elsewhere),
+            ``float32``, ``bfloat16`` or ``float16``; the LoRA adapter trains in fp32 and the merged model is saved
+            in this dtype.
         retain_limit: use a seeded random subset of this many train_retain records (None = all).
         eval_limit: test records per split for the final accuracy (None = all, 0 = skip).
         task: template and label words.
@@ -79,6 +82,7 @@ class FamiliarizeConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-4, epochs=1, batch_size=16,
                                                                     max_grad_norm=1.0, weight_decay=0.0))
     load_in_4bit: bool = False
+    dtype: str = "auto"
     retain_limit: int | None = None
     eval_limit: int | None = 1000
     task: TaskSpec = field(default_factory=TaskSpec)
@@ -146,7 +150,7 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     note(f"training on {len(forget)} forget + {len(retain)} retain records"
          + (" (--never-seen: train_forget left out)" if cfg.never_seen else ""))
     torch.manual_seed(cfg.train.seed)
-    model, tok = load_model(cfg.model, load_in_4bit=cfg.load_in_4bit, progress=note)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit, progress=note)
     base_fp = fingerprint(model)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -166,7 +170,7 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     truncation_note(emit, "familiarize", truncation["truncated"], len(examples), max_length)
     data_hashes = {n: sha256_file(find_split_file(cfg.splits, n)) for n in trained_on}
     run_key = {"model": cfg.model, "data": data_hashes, "lora": asdict(cfg.lora), "4bit": cfg.load_in_4bit,
-               "retain_limit": cfg.retain_limit, "task": task.to_dict(), "max_length": max_length,
+               **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {}), "retain_limit": cfg.retain_limit, "task": task.to_dict(), "max_length": max_length,
                **({"never_seen": True} if cfg.never_seen else {})}  # older checkpoints keep their key
     result = fit(_LabelObjective(model, examples, tok.pad_token_id), cfg.train, ckpt, resume, emit, run_key)
     model.eval()
@@ -180,7 +184,7 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
         "kind": "familiarized-model", "base_model": cfg.model, "base_fingerprint": base_fp,
         "fingerprint": fingerprint(merged), "data_sha256": data_hashes, "never_seen": cfg.never_seen,
         "trained_on": list(trained_on), "records": {"train_forget": len(forget), "train_retain": len(retain)},
-        "lora": asdict(cfg.lora), "load_in_4bit": cfg.load_in_4bit, "train": asdict(cfg.train),
+        "lora": asdict(cfg.lora), "load_in_4bit": cfg.load_in_4bit, "dtype": cfg.dtype, "train": asdict(cfg.train),
         "task": task.to_dict(), "steps": result.steps, "train_seconds": round(result.seconds, 1),
         "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history, "metrics": metrics,
         "truncation": truncation,

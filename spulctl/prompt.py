@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 ENCODERS = ("none", "mlp")
 INITS = ("random", "vocab", "text", "entities", "auto")
 DEFAULT_INIT_TEXT = "Classify the sentiment of the text. Answer unknown if it mentions the forgotten people."
+MIN_PROMPT_TOKENS = 30  # p when nothing asks for more (the paper's setting)
+MAX_AUTO_PROMPT_TOKENS = 512  # ``--prompt-tokens auto`` never grows the prompt beyond this
 
 
 def _build_module():
@@ -64,9 +66,28 @@ def soft_prompt(init: torch.Tensor, encoder: str = "none", hidden: int = 128) ->
 
 
 def entities_text(entities: list[str]) -> str:
-    """Initialisation text naming the people to forget, e.g. "Answer unknown if the text mentions Ann Lee."."""
-    names = ", ".join(" ".join(w.capitalize() for w in e.split()) for e in entities)
+    """Initialisation text naming the people to forget, e.g. "Answer unknown if the text mentions Ann Lee.".
+
+    A one-word name that is a word of a longer listed name (the surname alias "lee" beside "ann lee") is left
+    out: its tokens are already in the text.
+    """
+    words = {w for e in entities if len(e.split()) > 1 for w in e.lower().split()}
+    kept = [e for e in dict.fromkeys(entities) if len(e.split()) > 1 or e.lower() not in words]
+    names = ", ".join(" ".join(w.capitalize() for w in e.split()) for e in kept)
     return f"Answer unknown if the text mentions {names}."
+
+
+def auto_prompt_tokens(tokenizer, text: str | None, cap: int = MAX_AUTO_PROMPT_TOKENS) -> tuple[int, int]:
+    """p for ``--prompt-tokens auto``: room for every token of the initial ``text``, at least 30, at most ``cap``.
+
+    A prompt started from the names must hold all of them: cycled or cut to 30 tokens, a list of 50 names keeps
+    about seven, and the rest start unnamed.
+
+    Returns:
+        (p, tokens of ``text``; 0 without a text).
+    """
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+    return min(cap, max(MIN_PROMPT_TOKENS, n)), n
 
 
 def init_vectors(model: nn.Module, tokenizer, p: int, how: str, seed: int, text: str = DEFAULT_INIT_TEXT):

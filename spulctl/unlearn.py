@@ -40,7 +40,7 @@ class UnlearnConfig:
         retain_from: unlabelled texts used as retain inputs, labelled by the model itself.
         self_generate: without any retain data, how many on-task texts off the target the model writes itself
             (:mod:`spulctl.reveal`, retain mode).
-        prompt_tokens: p. prompt_encoder: ``none`` | ``mlp``. prompt_init: ``random`` | ``vocab`` | ``text`` |
+        prompt_tokens: p; None = auto (:func:`_resolve_prompt_tokens`). prompt_encoder: ``none`` | ``mlp``. prompt_init: ``random`` | ``vocab`` | ``text`` |
             ``entities`` (the text "Answer unknown if the text mentions …" naming split.json's forget entities).
         prompt_text: the text for ``prompt_init=text`` (default: a generic instruction).
         alpha, beta: weights of L_r and L_kl. kl_direction: ``forward`` KL(r‖q) | ``reverse`` KL(q‖r).
@@ -86,7 +86,7 @@ class UnlearnConfig:
     splits: Path | None = None
     retain_from: Path | None = None
     self_generate: int = 256
-    prompt_tokens: int = 30
+    prompt_tokens: int | None = None
     prompt_encoder: str = "none"
     encoder_hidden: int = 128
     prompt_init: str = "auto"
@@ -147,7 +147,7 @@ class UnlearnConfig:
         check = getattr(get_method(self.method), "check_settings", None)  # a method's own options
         if check is not None:
             check(self)
-        if self.prompt_tokens <= 0:
+        if self.prompt_tokens is not None and self.prompt_tokens <= 0:
             raise SpulError(f"--prompt-tokens {self.prompt_tokens}: must be >= 1")
         LossWeights(retain=self.alpha, kl=self.beta, kl_direction=self.kl_direction)
         if self.splits is None and self.forget is None and not self.forget_entities and not self.forget_target:
@@ -211,8 +211,6 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     model.eval()
     base_fp = fingerprint(model)
     vocab = label_vocab(task, tok)
-    max_length = resolve_max_length(model.config, cfg.prompt_tokens if method_cls.artifact == "bundle" else 0,
-                                    cfg.max_length)
     from spulctl.data.split import forget_entities, infer_forget_entities
     from spulctl.unlearn_data import retain_without_labels, revealed_forget
 
@@ -225,6 +223,10 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     if cfg.prompt_init == "entities" and not entities and method_cls.artifact == "bundle":
         raise SpulError("--prompt-init entities: no names to start from: give --forget-entities, or --splits from "
                         "`spulctl split --by entity` (split.json lists them)")
+    if cfg.prompt_tokens is None:
+        cfg = replace(cfg, prompt_tokens=_resolve_prompt_tokens(cfg, tok, entities, note))
+    max_length = resolve_max_length(model.config, cfg.prompt_tokens if method_cls.artifact == "bundle" else 0,
+                                    cfg.max_length)
     retain_source = "labelled retain file"
     if retain is None and method_cls.uses_retain:
         retain, retain_source = retain_without_labels(model, tok, task, cfg, forget, entities, emit, max_length)
@@ -331,6 +333,26 @@ def _reveal_hook(tok, task: TaskSpec, cfg: UnlearnConfig, entities: list[str], e
             return []
 
     return reveal
+
+
+def _resolve_prompt_tokens(cfg: UnlearnConfig, tok, entities: list[str], note: Callable[[str], None]) -> int:
+    """p for ``--prompt-tokens auto``: 30, or all the tokens of the initial text when it names the people.
+
+    Only a prompt started from a text (``--prompt-init auto|entities|text``) grows; see
+    :func:`spulctl.prompt.auto_prompt_tokens`.
+    """
+    from spulctl.methods.spul import _init_text
+    from spulctl.prompt import MIN_PROMPT_TOKENS, auto_prompt_tokens
+
+    if cfg.prompt_init not in ("auto", "entities", "text"):
+        return MIN_PROMPT_TOKENS
+    text = _init_text(cfg, entities).get("text")
+    p, n = auto_prompt_tokens(tok, text)
+    if n > MIN_PROMPT_TOKENS:
+        cut = f"; the text has {n}, the rest is cut" if n > p else ""
+        note(f"soft prompt: p = {p} tokens, room for the whole initial text naming {len(entities)} forget "
+             f"entities{cut} (--prompt-tokens N to fix p)")
+    return p
 
 
 def _note_plan(summary: dict[str, Any], note: Callable[[str], None]) -> None:

@@ -379,3 +379,53 @@ def test_unlearn_with_micro_batches(tiny_model_dir: Path, demo_splits: Path, tmp
                                  "-o", str(tmp_path / "bad"), "--micro-batch", "-1"])
     assert result.exit_code != 0 and "micro_batch=-1" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_entities_text_leaves_out_surname_aliases():
+    from spulctl.prompt import entities_text
+
+    text = entities_text(["bruce willis", "willis", "kline", "kevin kline", "cher", "bruce willis"])
+    assert text == "Answer unknown if the text mentions Bruce Willis, Kevin Kline, Cher."
+
+
+def test_auto_prompt_tokens_holds_the_whole_text(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    from spulctl.prompt import MIN_PROMPT_TOKENS, auto_prompt_tokens, entities_text
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    short = entities_text(["ann lee"])
+    assert auto_prompt_tokens(tok, short) == (MIN_PROMPT_TOKENS, len(tok(short, add_special_tokens=False).input_ids))
+    many = entities_text([f"person{i} surname{i}" for i in range(6)])
+    n = len(tok(many, add_special_tokens=False).input_ids)
+    assert n > MIN_PROMPT_TOKENS and auto_prompt_tokens(tok, many) == (n, n)
+    assert auto_prompt_tokens(tok, many, cap=n - 1) == (n - 1, n)
+    assert auto_prompt_tokens(tok, None) == (MIN_PROMPT_TOKENS, 0)
+
+
+def test_prompt_tokens_auto_grows_with_the_names(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spulctl.prompt import entities_text, init_vectors
+
+    names = [f"person{i} surname{i}" for i in range(4)]
+    result = runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "--splits", str(demo_splits), "-o",
+                                 str(tmp_path / "b"), "--forget-entities", ",".join(names), "--max-steps", "1",
+                                 "--eval-limit", "0", "--retain-limit", "20", "--lr", "1e-12", "--no-select"])
+    assert result.exit_code == 0, result.output
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = entities_text(names)
+    n = len(tok(text, add_special_tokens=False).input_ids)
+    assert n > 30 and f"p = {n} tokens" in " ".join(result.output.split())
+    prompt = load_file(str(tmp_path / "b" / "prompt.safetensors"))["prompt"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.testing.assert_close(prompt, init_vectors(model, tok, n, "text", 0, text=text))
+    fixed = runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "--splits", str(demo_splits), "-o",
+                                str(tmp_path / "c"), "--forget-entities", ",".join(names), "--max-steps", "1",
+                                "--eval-limit", "0", "--retain-limit", "20", "--no-select", "-p", "7"])
+    assert fixed.exit_code == 0, fixed.output
+    assert load_file(str(tmp_path / "c" / "prompt.safetensors"))["prompt"].shape[0] == 7
+    bad = runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "--splits", str(demo_splits), "-o",
+                              str(tmp_path / "d"), "-p", "many"])
+    assert bad.exit_code == 2 and "--prompt-tokens many" in bad.output and not (tmp_path / "d").exists()

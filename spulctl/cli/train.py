@@ -44,6 +44,7 @@ def familiarize(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output model directory.")],
     model: ModelOpt = "smollm2-135m",
     load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="QLoRA: NF4 base (bitsandbytes).")] = False,
+    dtype: DtypeOpt = "auto",
     retain_limit: Annotated[int | None, typer.Option(help="Random subset of train_retain of this size.")] = None,
     never_seen: Annotated[bool, typer.Option("--never-seen", help="Train on train_retain only (train_forget left "
                                              "out): a model that never saw the forget set, as a reference.")]
@@ -100,7 +101,9 @@ def unlearn(
     = 0,
     method: Annotated[str, typer.Option(help="spul | ga | rl | ga_kl | ga_gd | hard_prompt | icul | release")]
     = "spul",
-    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", help="Soft prompt length p.")] = 30,
+    prompt_tokens: Annotated[str, typer.Option("--prompt-tokens", "-p", help="Soft prompt length p, or auto: 30, "
+                                                "or room for the whole initial text naming the people (≤ 512).")]
+    = "auto",
     prompt_encoder: Annotated[str, typer.Option(help="none (prompt tuning) | mlp (P-tuning).")] = "none",
     prompt_init: Annotated[str, typer.Option(help="auto (the names when known, else an instruction) | random | "
                                                   "vocab | text | entities.")] = "auto",
@@ -180,6 +183,7 @@ def unlearn(
     check_positive(epochs=epochs, batch_size=batch_size, retain_limit=retain_limit, max_steps=max_steps)
     if lr is None:
         values["lr"] = getattr(get_method(method), "default_lr", 1e-4)
+    values["prompt_tokens"] = parse_prompt_tokens(prompt_tokens)
     cfg = fill(
         UnlearnConfig, values, train=fill(TrainConfig, values), lora=LoraSettings(),
         generic_labels=tuple(g.strip() for g in generic_labels.split(",") if g.strip()),
@@ -194,6 +198,25 @@ def unlearn(
     if "release" in meta:
         print_release_rounds(meta["release"])
     print_before_after(meta["metrics"], f"{method}: saved to {out}")
+
+
+def parse_prompt_tokens(value: str) -> int | None:
+    """``--prompt-tokens``: ``auto`` → None, else a positive int.
+
+    Raises:
+        SpulError: neither.
+    """
+    from spulctl.errors import SpulError
+
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        p = int(value)
+    except ValueError:
+        raise SpulError(f"--prompt-tokens {value}: expected a positive integer or auto") from None
+    if p <= 0:
+        raise SpulError(f"--prompt-tokens {value}: must be >= 1")
+    return p
 
 
 def print_release_rounds(release: dict) -> None:
