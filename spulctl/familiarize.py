@@ -170,7 +170,8 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     truncation_note(emit, "familiarize", truncation["truncated"], len(examples), max_length)
     data_hashes = {n: sha256_file(find_split_file(cfg.splits, n)) for n in trained_on}
     run_key = {"model": cfg.model, "data": data_hashes, "lora": asdict(cfg.lora), "4bit": cfg.load_in_4bit,
-               **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {}), "retain_limit": cfg.retain_limit, "task": task.to_dict(), "max_length": max_length,
+               **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {}), "retain_limit": cfg.retain_limit,
+               "task": task.to_dict(), "max_length": max_length,
                **({"never_seen": True} if cfg.never_seen else {})}  # older checkpoints keep their key
     result = fit(_LabelObjective(model, examples, tok.pad_token_id), cfg.train, ckpt, resume, emit, run_key)
     model.eval()

@@ -40,7 +40,8 @@ class UnlearnConfig:
         retain_from: unlabelled texts used as retain inputs, labelled by the model itself.
         self_generate: without any retain data, how many on-task texts off the target the model writes itself
             (:mod:`spulctl.reveal`, retain mode).
-        prompt_tokens: p; None = auto (:func:`_resolve_prompt_tokens`). prompt_encoder: ``none`` | ``mlp``. prompt_init: ``random`` | ``vocab`` | ``text`` |
+        prompt_tokens: p; None = auto (:func:`_resolve_prompt_tokens`). prompt_encoder: ``none`` | ``mlp``.
+            prompt_init: ``random`` | ``vocab`` | ``text`` |
             ``entities`` (the text "Answer unknown if the text mentions …" naming split.json's forget entities).
         prompt_text: the text for ``prompt_init=text`` (default: a generic instruction).
         alpha, beta: weights of L_r and L_kl. kl_direction: ``forward`` KL(r‖q) | ``reverse`` KL(q‖r).
