@@ -13,8 +13,8 @@
 #   unlearn  `spulctl unlearn --model fam --splits S -o b --seed N --dtype float32`: nothing else (the CPU
 #            default precision is fp32; on CUDA `auto` would pick bf16), 3 seeds × 4 splits, all in parallel
 #   report   `spulctl eval` per split: the familiarized model and the three seeds' bundles, robustness probes
-#   ablate   one-flag changes of the defaults on the two large splits (step cap, lr, augmentation, share,
-#            P-tuning), if time is left; a later lease can run `model fam ablate` alone
+#   ablate   one-flag changes of the defaults on the two large splits (p = 30 instead of auto, step cap, lr,
+#            augmentation, share, P-tuning), if time is left; a later lease can run `model fam ablate` alone
 #            (ABLATE_AFTER=600 ABLATE_SPLITS="g-large sst2-spul")
 #
 # Everything the runs write (bundle.json, reports, logs; no weights) comes back as $OUT/defaults.tar.gz.
@@ -121,7 +121,7 @@ ablate() {  # one-flag changes of the defaults on the two large splits (where th
     if [ $((SECONDS - T0)) -gt ${ABLATE_AFTER:-330} ]; then log "ablate skipped (time)"; return; fi
     local pids=() s
     for s in ${ABLATE_SPLITS:-g-large sst2-spul}; do
-        for v in "b1800:--budget-steps 1800" "lr3e-3:--lr 3e-3" "lr3e-3-b1800:--lr 3e-3 --budget-steps 1800" \
+        for v in "p30:-p 30" "b1800:--budget-steps 1800" "lr3e-3:--lr 3e-3" "lr3e-3-b1800:--lr 3e-3 --budget-steps 1800" \
                  "no-augment:--no-augment" "share0.25:--forget-share 0.25" "ptuning:--prompt-encoder mlp"; do
             local name=${v%%:*} flags=${v#*:}
             ( t=$SECONDS; timeout ${ABLATE_TIMEOUT:-420} $PY -m spulctl unlearn --model $W/fam-$s --splits $W/data/$s \
