@@ -349,10 +349,12 @@ def _resolve_prompt_tokens(cfg: UnlearnConfig, tok, entities: list[str], note: C
         return MIN_PROMPT_TOKENS
     text = _init_text(cfg, entities).get("text")
     p, n = auto_prompt_tokens(tok, text)
-    if n > MIN_PROMPT_TOKENS:
-        cut = f"; the text has {n}, the rest is cut" if n > p else ""
+    if n > p:
+        note(f"soft prompt: p = {p} tokens (the most --prompt-tokens auto gives); the initial text naming "
+             f"{len(entities)} forget entities has {n}, its last {n - p} tokens are left out")
+    elif n > MIN_PROMPT_TOKENS:
         note(f"soft prompt: p = {p} tokens, room for the whole initial text naming {len(entities)} forget "
-             f"entities{cut} (--prompt-tokens N to fix p)")
+             "entities (--prompt-tokens N to fix p)")
     return p
 
 
