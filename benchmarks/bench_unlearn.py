@@ -6,6 +6,7 @@ the KL term fetched per sample from a cache of full-vocabulary logits built by a
 
 Ours: the same P-tuning MLP, with each fast-step switch on (``all``) or one turned off at a time; ``ours-micro16``
 runs each step in slices of 16 examples (`TrainConfig.micro_batch`, gradients added up: the same step, less memory).
+``ours-bf16`` (opt-in via ``--configs``) is "ours" with the frozen model in bf16, for CPUs with bf16 matrix units.
 On CUDA "ours" replays the step from CUDA graphs (``spulctl.cuda_graphs``), recorded for every batch shape of the
 run before timing (their recording time is in ``prep_s``); ``ours-no-cuda-graphs`` runs it eagerly.
 
@@ -36,6 +37,8 @@ from _report import finish
 
 CONFIGS = ("reference", "ours", "ours-no-answer-only", "ours-no-shared-prefix", "ours-no-cached-reference",
            "ours-no-lean-mlp", "ours-no-grouped-attention", "ours-micro16")
+# opt-in (--configs): the default step with the frozen model in bf16 (the CPU's fp32 default beside it: "ours")
+OPT_IN = ("ours-bf16",)
 # CUDA only: the eager step, and the fused answer-head loss + prompt_prepend kernels (--kernels triton)
 GPU_CONFIGS = ("ours-no-cuda-graphs", "ours-triton")
 
@@ -206,6 +209,10 @@ def child(args) -> None:
         res = run_ours(args, {}, micro_batch=16)
     elif name == "ours-triton":
         res = run_ours(args, {"answer_only": True, "shared_prefix": True, "cached_reference": True}, "triton")
+    elif name == "ours-bf16":  # every switch on, the frozen model in bf16 (the prompt still trains in fp32)
+        args.dtype = "bfloat16"
+        res = run_ours(args, {"answer_only": True, "shared_prefix": True, "cached_reference": True,
+                              "lean_mlp": True, "grouped_attention": True})
     else:
         off = name.removeprefix("ours").removeprefix("-no-").replace("-", "_")
         switches = {"answer_only": True, "shared_prefix": True, "cached_reference": True, "lean_mlp": True,
@@ -230,8 +237,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
-    ap.add_argument("--configs", default=None, help=f"comma-separated, from {', '.join(CONFIGS + GPU_CONFIGS)} "
-                    "(default: all that run on --device)")
+    names = ", ".join(CONFIGS + OPT_IN + GPU_CONFIGS)
+    ap.add_argument("--configs", default=None, help=f"comma-separated, from {names} (default: all that run on "
+                    "--device but the opt-in ones)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
