@@ -200,7 +200,7 @@ def unlearn(
     print_before_after(meta["metrics"], f"{method}: saved to {out}")
 
 
-def parse_prompt_tokens(value: str) -> int | None:
+def parse_prompt_tokens(value: str | int) -> int | None:
     """``--prompt-tokens``: ``auto`` → None, else a positive int.
 
     Raises:
@@ -208,6 +208,7 @@ def parse_prompt_tokens(value: str) -> int | None:
     """
     from spulctl.errors import SpulError
 
+    value = str(value)
     if value.strip().lower() == "auto":
         return None
     try:
