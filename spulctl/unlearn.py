@@ -40,8 +40,8 @@ class UnlearnConfig:
         retain_from: unlabelled texts used as retain inputs, labelled by the model itself.
         self_generate: without any retain data, how many on-task texts off the target the model writes itself
             (:mod:`spulctl.reveal`, retain mode).
-        prompt_tokens: p; None = auto (:func:`_resolve_prompt_tokens`). prompt_encoder: ``none`` | ``mlp``.
-            prompt_init: ``random`` | ``vocab`` | ``text`` |
+        prompt_tokens: p; None = auto (:func:`spulctl.methods.spul.resolve_prompt_tokens`).
+            prompt_encoder: ``none`` | ``mlp``. prompt_init: ``random`` | ``vocab`` | ``text`` |
             ``entities`` (the text "Answer unknown if the text mentions …" naming split.json's forget entities).
         prompt_text: the text for ``prompt_init=text`` (default: a generic instruction).
         alpha, beta: weights of L_r and L_kl. kl_direction: ``forward`` KL(r‖q) | ``reverse`` KL(q‖r).
@@ -225,7 +225,9 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         raise SpulError("--prompt-init entities: no names to start from: give --forget-entities, or --splits from "
                         "`spulctl split --by entity` (split.json lists them)")
     if cfg.prompt_tokens is None:
-        cfg = replace(cfg, prompt_tokens=_resolve_prompt_tokens(cfg, tok, entities, note))
+        from spulctl.methods.spul import resolve_prompt_tokens
+
+        cfg = replace(cfg, prompt_tokens=resolve_prompt_tokens(cfg, tok, entities, note))
     max_length = resolve_max_length(model.config, cfg.prompt_tokens if method_cls.artifact == "bundle" else 0,
                                     cfg.max_length)
     retain_source = "labelled retain file"
@@ -334,28 +336,6 @@ def _reveal_hook(tok, task: TaskSpec, cfg: UnlearnConfig, entities: list[str], e
             return []
 
     return reveal
-
-
-def _resolve_prompt_tokens(cfg: UnlearnConfig, tok, entities: list[str], note: Callable[[str], None]) -> int:
-    """p for ``--prompt-tokens auto``: 30, or all the tokens of the initial text when it names the people.
-
-    Only a prompt started from a text (``--prompt-init auto|entities|text``) grows; see
-    :func:`spulctl.prompt.auto_prompt_tokens`.
-    """
-    from spulctl.methods.spul import _init_text
-    from spulctl.prompt import MIN_PROMPT_TOKENS, auto_prompt_tokens
-
-    if cfg.prompt_init not in ("auto", "entities", "text"):
-        return MIN_PROMPT_TOKENS
-    text = _init_text(cfg, entities).get("text")
-    p, n = auto_prompt_tokens(tok, text)
-    if n > p:
-        note(f"soft prompt: p = {p} tokens (the most --prompt-tokens auto gives); the initial text naming "
-             f"{len(entities)} forget entities has {n}, its last {n - p} tokens are left out")
-    elif n > MIN_PROMPT_TOKENS:
-        note(f"soft prompt: p = {p} tokens, room for the whole initial text naming {len(entities)} forget "
-             "entities (--prompt-tokens N to fix p)")
-    return p
 
 
 def _note_plan(summary: dict[str, Any], note: Callable[[str], None]) -> None:

@@ -5,6 +5,7 @@ The base model never changes; the artifact is a prompt bundle (``prompt.safetens
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,24 @@ def _init_text(settings: Any, known: list[str] | None = None) -> dict[str, str]:
         return {}
     raise SpulError("--prompt-init entities: needs --forget-entities or --splits from `spulctl split --by entity` "
                     "(no split.json with entities found)")
+
+
+def resolve_prompt_tokens(settings: Any, tok, entities: list[str], note: Callable[[str], None]) -> int:
+    """p for ``--prompt-tokens auto``: 30, or all the tokens of the initial text when it names the people.
+
+    Only a prompt started from a text (``--prompt-init auto|entities|text``) grows; see
+    :func:`spulctl.prompt.auto_prompt_tokens`.
+    """
+    from spulctl.prompt import MIN_PROMPT_TOKENS, auto_prompt_tokens
+
+    if settings.prompt_init not in ("auto", "entities", "text"):
+        return MIN_PROMPT_TOKENS
+    text = _init_text(settings, entities).get("text")
+    p, n = auto_prompt_tokens(tok, text)
+    if n > p:
+        note(f"soft prompt: p = {p} tokens (the most --prompt-tokens auto gives); the initial text naming "
+             f"{len(entities)} forget entities has {n}, its last {n - p} tokens are left out")
+    elif n > MIN_PROMPT_TOKENS:
+        note(f"soft prompt: p = {p} tokens, room for the whole initial text naming {len(entities)} forget "
+             "entities (--prompt-tokens N to fix p)")
+    return p
