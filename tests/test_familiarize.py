@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,21 @@ def test_never_seen_trains_on_train_retain_only(tiny_model_dir: Path, demo_split
     assert json.loads((tmp_path / "never" / MANIFEST).read_text())["never_seen"] is True
     plain = familiarize(_cfg(tiny_model_dir, demo_splits, tmp_path / "plain", max_steps=1))
     assert plain["never_seen"] is False and plain["records"]["train_forget"] > 0
+
+
+def test_familiarize_in_bf16_saves_a_bf16_model(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    out = tmp_path / "fam"
+    result = runner.invoke(app, ["familiarize", str(demo_splits), "-o", str(out), "--model", str(tiny_model_dir),
+                                 "--max-steps", "3", "--batch-size", "8", "--retain-limit", "40",
+                                 "--eval-limit", "10", "--lr", "0.005", "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["dtype"] == "bfloat16" and manifest["steps"] == 3
+    assert all(math.isfinite(h["loss"]) for h in manifest["loss_history"])
+    weights = _weights(out)
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}  # merged and saved in the training dtype
+    base = _weights(tiny_model_dir)
+    assert any(not torch.equal(base[k].to(torch.bfloat16), weights[k]) for k in base if "proj" in k)
+    bad = runner.invoke(app, ["familiarize", str(demo_splits), "-o", str(tmp_path / "x"), "--model",
+                              str(tiny_model_dir), "--dtype", "float8"])
+    assert bad.exit_code == 2 and "float8" in bad.output and not (tmp_path / "x").exists()
