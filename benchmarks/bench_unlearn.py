@@ -203,16 +203,14 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     name = args.child
+    if name == "ours-bf16":  # "ours" with the frozen model in bf16 (the prompt still trains in fp32)
+        args.dtype, name = "bfloat16", "ours"
     if name == "reference":
         res = run_reference(args)
     elif name == "ours-micro16":  # the whole step in slices of 16 examples, gradients added up
         res = run_ours(args, {}, micro_batch=16)
     elif name == "ours-triton":
         res = run_ours(args, {"answer_only": True, "shared_prefix": True, "cached_reference": True}, "triton")
-    elif name == "ours-bf16":  # every switch on, the frozen model in bf16 (the prompt still trains in fp32)
-        args.dtype = "bfloat16"
-        res = run_ours(args, {"answer_only": True, "shared_prefix": True, "cached_reference": True,
-                              "lean_mlp": True, "grouped_attention": True})
     else:
         off = name.removeprefix("ours").removeprefix("-no-").replace("-", "_")
         switches = {"answer_only": True, "shared_prefix": True, "cached_reference": True, "lean_mlp": True,

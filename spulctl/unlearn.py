@@ -224,7 +224,7 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     if cfg.prompt_init == "entities" and not entities and method_cls.artifact == "bundle":
         raise SpulError("--prompt-init entities: no names to start from: give --forget-entities, or --splits from "
                         "`spulctl split --by entity` (split.json lists them)")
-    if cfg.prompt_tokens is None:
+    if cfg.prompt_tokens is None and method_cls.artifact == "bundle":
         from spulctl.methods.spul import resolve_prompt_tokens
 
         cfg = replace(cfg, prompt_tokens=resolve_prompt_tokens(cfg, tok, entities, note))

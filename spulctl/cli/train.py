@@ -201,7 +201,7 @@ def unlearn(
 
 
 def parse_prompt_tokens(value: str | int) -> int | None:
-    """``--prompt-tokens``: ``auto`` → None, else a positive int.
+    """``--prompt-tokens``: ``auto`` → None, else an int (``UnlearnConfig`` refuses one below 1).
 
     Raises:
         SpulError: neither.
@@ -212,12 +212,9 @@ def parse_prompt_tokens(value: str | int) -> int | None:
     if value.strip().lower() == "auto":
         return None
     try:
-        p = int(value)
+        return int(value)
     except ValueError:
         raise SpulError(f"--prompt-tokens {value}: expected a positive integer or auto") from None
-    if p <= 0:
-        raise SpulError(f"--prompt-tokens {value}: must be >= 1")
-    return p
 
 
 def print_release_rounds(release: dict) -> None:
