@@ -63,6 +63,8 @@ class UnlearnConfig:
             (``train.max_steps``, when given, replaces ``budget_steps``); ``rounds`` evaluations along the way.
         augment: train on robustness variants of the forget records and, when the names are known,
             counterfactuals (names swapped) as retain rows (:mod:`spulctl.data.rewrite`).
+        hard_negatives: share of the retain rows given to retain records that name other people than the forgotten
+            ones (:mod:`spulctl.data.hard_negatives`; 0 = off, the retain rows drawn at random).
         forget_entities: the names to forget (default: split.json's entities, when there is one; else inferred
             from the forget records by NER). Without forget records, ``reveal_forget`` records about them (or about
             ``forget_target``, a free-text description) are revealed by the model (``reveal_budget`` texts at most,
@@ -122,6 +124,7 @@ class UnlearnConfig:
     budget_steps: int = 600
     rounds: int = 10
     augment: bool = True
+    hard_negatives: float = 0.25
     forget_entities: tuple[str, ...] = ()
     select: bool = True
     select_forget: int = 100
@@ -164,6 +167,8 @@ class UnlearnConfig:
             raise SpulError(f"--tau {self.tau}: must be in (0, 1]")
         if self.eval_every < 0 or not 0 < self.holdout < 1:
             raise SpulError(f"--eval-every {self.eval_every} / holdout {self.holdout}: out of range")
+        if not 0 <= self.hard_negatives < 1:
+            raise SpulError(f"--hard-negatives {self.hard_negatives}: must be in [0, 1)")
         if not 0 <= self.forget_share <= 1:
             raise SpulError(f"--forget-share {self.forget_share}: must be in [0, 1] (0 = the data's own mix)")
         if self.forget_passes <= 0 or self.min_steps < 1 or self.budget_steps < 1 or self.rounds < 1:
@@ -242,11 +247,12 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
         retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
     # fixed forget share per batch, budget from the forget set, selection slices
     if cfg.forget_share > 0 and getattr(method_cls, "trains", True):
-        from spulctl.unlearn_plan import build_plan, selection_evaluator
+        from spulctl.unlearn_plan import build_plan, plan_notes, selection_evaluator
 
-        plan = build_plan(forget, retain, entities, cfg, method_cls.uses_retain)
+        plan = build_plan(forget, retain, entities, cfg, method_cls.uses_retain, note)
         forget, retain = plan.forget, plan.retain
-        _note_plan(plan.summary, note)
+        for line in plan_notes(plan.summary):
+            note(line)
         if cfg.select:  # "before" accuracies with the plain model: built before the method touches it
             evaluate = selection_evaluator(model, tok, task, vocab, plan, lambda: method.live_scorer(),
                                            cfg.eval_batch_size, max_length, emit)
@@ -336,16 +342,6 @@ def _reveal_hook(tok, task: TaskSpec, cfg: UnlearnConfig, entities: list[str], e
             return []
 
     return reveal
-
-
-def _note_plan(summary: dict[str, Any], note: Callable[[str], None]) -> None:
-    """Print what the forget-share plan chose."""
-    note(f"forget share {summary['forget_share']:g}: {summary['forget_per_batch']} forget + "
-         f"{summary['retain_per_batch']} retain rows per batch; {summary['budget']}")
-    note(f"training rows: {summary['forget_records']} forget + {summary['forget_variants']} variants, "
-         f"{summary['retain_pool']} retain (of {summary['retain_available']}) + {summary['counterfactuals']} "
-         f"counterfactuals; selection: {summary['select_forget']} forget, {summary['select_retain']} held-out retain, "
-         f"{summary['select_counterfactual']} counterfactual rows")
 
 
 def _hold_out(records: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:

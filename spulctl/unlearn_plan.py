@@ -17,11 +17,13 @@ Built once per run from the data and the settings:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from spulctl.data.hard_negatives import HardNegatives, PeopleFinder, scan_or_note
 from spulctl.data.rewrite import counterfactuals, forget_variants, rewritten, variant_rewriters
 from spulctl.data.sampling import MixedBatches, StepBudget, step_budget
 from spulctl.selection import StopRule, aggregate_score
@@ -53,7 +55,8 @@ class ForgetSharePlan:
 
 
 def build_plan(forget: list[dict], retain: list[dict], entities: list[str], settings: Any,
-               uses_retain: bool = True) -> ForgetSharePlan:
+               uses_retain: bool = True, note: Callable[[str], None] | None = None,
+               people: PeopleFinder | None = None) -> ForgetSharePlan:
     """Augment, pool, budget and slice (see the module docstring).
 
     Args:
@@ -62,29 +65,44 @@ def build_plan(forget: list[dict], retain: list[dict], entities: list[str], sett
         settings: an ``UnlearnConfig`` (forget_share, forget_passes, min_steps, budget_steps, rounds, augment,
             select, select_forget, select_retain, train.batch_size, train.seed, train.max_steps).
         uses_retain: the method trains on retain rows (SPUL, RL, GA+KL, GA+GD) or not (GA).
+        note: prints a one-line note (a missing spaCy for the hard-negative scan).
+        people: the PERSON finder of the hard-negative scan (default: spaCy).
     """
     s, seed = settings, settings.train.seed
     rng = random.Random(seed + 101)
+    cap = s.budget_steps if s.train.max_steps is None else s.train.max_steps
+    hard = HardNegatives()
+    if s.hard_negatives > 0 and entities and uses_retain and retain:
+        want = math.ceil(s.hard_negatives * cap * s.train.batch_size * (1 - s.forget_share)) + s.select_retain // 4
+        hard = scan_or_note(retain, entities, seed + 404, want, note or (lambda _m: None), people)
+    hard_set = set(hard.indices)
     held_retain: list[dict] = []
     if s.select and retain:
         k = min(s.select_retain, len(retain) // 5)
         order = list(range(len(retain)))
         rng.shuffle(order)
-        held_idx = set(order[:k])
+        k_hard = min(k // 4, len(hard.indices) // 5)  # held-out retain names other people as often as training
+        held_idx = set(hard.indices[:k_hard]) | set([i for i in order if i not in hard_set][:k - k_hard])
         held_retain = [retain[i] for i in sorted(held_idx)]
-        retain = [r for i, r in enumerate(retain) if i not in held_idx]
+        hard_train = [retain[i] for i in hard.indices if i not in held_idx]
+        retain = [r for i, r in enumerate(retain) if i not in held_idx and i not in hard_set]
+    else:
+        hard_train = [retain[i] for i in hard.indices]
+        retain = [r for i, r in enumerate(retain) if i not in hard_set]
     train_forget = list(forget)
     if s.augment:
         train_forget += forget_variants(forget, entities, seed)
-    cf_train = counterfactuals(forget, entities, seed) if s.augment and uses_retain else []
-    probe = MixedBatches(len(train_forget), len(retain) + len(cf_train) if uses_retain else 0,
+    cf_train = counterfactuals(forget, entities, seed, hard.names) if s.augment and uses_retain else []
+    probe = MixedBatches(len(train_forget), len(retain) + len(hard_train) + len(cf_train) if uses_retain else 0,
                          s.train.batch_size, s.forget_share, 1, seed)
-    cap = s.budget_steps if s.train.max_steps is None else s.train.max_steps
     budget = step_budget(len(forget), probe.forget_per_batch, s.forget_passes, min(s.min_steps, cap), cap, s.rounds)
     pool: list[dict] = []
-    if uses_retain and retain:
+    hard_pool: list[dict] = []
+    if uses_retain and (retain or hard_train):
         wanted = budget.steps * probe.retain_per_batch
-        pool = retain if wanted >= len(retain) else random.Random(seed + 202).sample(retain, wanted)
+        hard_pool = hard_train[:math.ceil(s.hard_negatives * wanted)]
+        rest = wanted - len(hard_pool)
+        pool = hard_pool + (retain if rest >= len(retain) else random.Random(seed + 202).sample(retain, rest))
     train_retain = pool + cf_train
     batches = MixedBatches(len(train_forget), len(train_retain), s.train.batch_size, s.forget_share,
                            budget.steps_per_round, seed)
@@ -94,17 +112,31 @@ def build_plan(forget: list[dict], retain: list[dict], entities: list[str], sett
         fns = variant_rewriters(entities)
         plan.select_forget = chosen + [r for fn in fns.values() for r in rewritten(chosen, fn)]
         plan.select_retain = held_retain
-        plan.select_counterfactual = counterfactuals(chosen, entities, seed + 9_999)
+        plan.select_counterfactual = counterfactuals(chosen, entities, seed + 9_999, hard.names)
     plan.summary = {
         "forget_share": s.forget_share, "forget_per_batch": batches.forget_per_batch,
         "retain_per_batch": batches.retain_per_batch, "steps": budget.steps, "rounds": budget.rounds,
         "steps_per_round": budget.steps_per_round, "forget_passes": round(budget.forget_passes, 2),
         "budget": budget.reason, "forget_records": len(forget), "forget_variants": len(train_forget) - len(forget),
-        "retain_available": len(retain), "retain_pool": len(pool), "counterfactuals": len(cf_train),
+        "retain_available": len(retain) + len(hard_train), "retain_pool": len(pool),
+        "hard_negatives": len(hard_pool), "hard_scanned": hard.scanned, "other_names": len(hard.names),
+        "counterfactuals": len(cf_train),
         "entities": entities, "select_forget": len(plan.select_forget), "select_retain": len(plan.select_retain),
         "select_counterfactual": len(plan.select_counterfactual),
     }
     return plan
+
+
+def plan_notes(summary: dict[str, Any]) -> list[str]:
+    """What the plan chose, as the lines a run prints."""
+    hard = (f" ({summary['hard_negatives']} name other people; {summary['hard_scanned']} records scanned)"
+            if summary.get("hard_scanned") else "")
+    return [f"forget share {summary['forget_share']:g}: {summary['forget_per_batch']} forget + "
+            f"{summary['retain_per_batch']} retain rows per batch; {summary['budget']}",
+            f"training rows: {summary['forget_records']} forget + {summary['forget_variants']} variants, "
+            f"{summary['retain_pool']} retain (of {summary['retain_available']}){hard} + {summary['counterfactuals']} "
+            f"counterfactuals; selection: {summary['select_forget']} forget, {summary['select_retain']} held-out "
+            f"retain, {summary['select_counterfactual']} counterfactual rows"]
 
 
 def selection_evaluator(model, tok, task, vocab, plan: ForgetSharePlan, live_scorer: Callable[[], Any],

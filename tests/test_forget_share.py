@@ -239,3 +239,68 @@ def test_report_ranks_subjects_by_the_aggregate_score(tmp_path: Path):
     md = render_markdown(report)
     table = md[md.index("Aggregate score"):]
     assert table.index("| bundle |") < table.index("| hard |")  # best first
+
+
+def _regex_people(texts: list[str]) -> list[list[str]]:
+    """A stand-in PERSON finder: capitalised word pairs."""
+    import re
+
+    return [re.findall(r"[A-Z][a-z]+ [A-Z][a-z]+", t) for t in texts]
+
+
+def test_hard_negatives_are_retain_records_naming_other_people():
+    from spulctl.data.hard_negatives import clean_name, find_hard_negatives
+
+    retain = [{"text": f"Anna Kowal shines in film {i}.", "label": "positive"} for i in range(5)]
+    retain += [{"text": f"Jackie Brown is in film {i}.", "label": "negative"} for i in range(5)]  # shares "jackie"
+    retain += [{"text": f"a film with nobody in it, take {i}.", "label": "negative"} for i in range(40)]
+    got = find_hard_negatives(retain, ["jackie chan"], seed=0, want=100, people=_regex_people)
+    assert sorted(got.indices) == [0, 1, 2, 3, 4]  # only the other person; a shared word is not "someone else"
+    assert got.names == ["anna kowal"] and got.scanned == 50
+    few = find_hard_negatives(retain, ["jackie chan"], seed=0, want=2, people=_regex_people)
+    assert len(few.indices) == 2 and set(few.indices) <= set(range(5))
+    again = find_hard_negatives(retain, ["jackie chan"], seed=0, want=2, people=_regex_people)
+    assert few.indices == again.indices  # seeded scan order
+    assert find_hard_negatives(retain, ["x y"], seed=0, want=100, max_scan=10, people=_regex_people).scanned == 10
+    assert clean_name("Meryl Streep's") == "meryl streep" and clean_name("-- moody") == "moody"
+    assert clean_name("k-19") is None and clean_name("a b c d") is None and clean_name("al") is None
+
+
+def test_counterfactuals_use_real_names_when_given():
+    recs = [{"text": f"jackie chan kicks in take {i}", "label": "positive"} for i in range(40)]
+    made_up = counterfactuals(recs, ["jackie chan"], 0)
+    real = counterfactuals(recs, ["jackie chan"], 0, real_names=["meryl streep", "jackie brown"], real_share=0.5)
+    assert all("meryl streep" not in r["text"] for r in made_up)
+    n_real = sum("meryl streep" in r["text"] for r in real)
+    assert 5 < n_real < 35  # about half; "jackie brown" shares a word with the forgotten name: never used
+    assert all("jackie" not in r["text"] for r in real)
+    everyone = counterfactuals(recs, ["jackie chan"], 0, real_names=["meryl streep"], real_share=1.0)
+    assert all(r["text"].startswith("meryl streep kicks") for r in everyone)
+
+
+def test_plan_gives_hard_negatives_their_share_and_holds_some_out():
+    from types import SimpleNamespace
+
+    from spulctl.train import TrainConfig
+    from spulctl.unlearn_plan import build_plan, plan_notes
+
+    forget = [{"text": f"Jackie Chan kicks in take {i}.", "label": "positive"} for i in range(20)]
+    retain = [{"text": f"Anna Kowal shines in film {i}.", "label": "positive"} for i in range(200)]
+    retain += [{"text": f"a film with nobody in it, take {i}.", "label": "negative"} for i in range(2000)]
+    settings = SimpleNamespace(forget_share=0.5, forget_passes=10.0, min_steps=10, budget_steps=50, rounds=5,
+                               augment=True, select=True, select_forget=10, select_retain=40, hard_negatives=0.25,
+                               train=TrainConfig(batch_size=8, seed=0))
+    plan = build_plan(forget, retain, ["jackie chan"], settings, people=_regex_people)
+    s = plan.summary
+    assert s["retain_pool"] == 50 * 4 and s["hard_negatives"] == 50  # a quarter of 200 pooled retain rows
+    pool = plan.retain[:s["retain_pool"]]
+    assert all("Anna Kowal" in r["text"] for r in pool[:50])  # plus a few more among the random rest (not scanned)
+    assert 50 <= sum("Anna Kowal" in r["text"] for r in pool) < 75
+    held = plan.select_retain
+    assert len(held) == 40 and 10 <= sum("Anna Kowal" in r["text"] for r in held) < 20  # a quarter held out
+    assert not {r["text"] for r in held} & {r["text"] for r in pool}  # held out means never trained on
+    assert "name other people" in plan_notes(s)[1]
+    off = build_plan(forget, retain, ["jackie chan"], SimpleNamespace(**{**vars(settings), "hard_negatives": 0.0}),
+                     people=_regex_people)
+    assert off.summary["hard_negatives"] == 0 and off.summary["hard_scanned"] == 0
+    assert sum("Anna Kowal" in r["text"] for r in off.retain[:off.summary["retain_pool"]]) < 25  # ~9 % by chance

@@ -124,6 +124,8 @@ def unlearn(
     rounds: Annotated[int, typer.Option(help="Selection rounds (evaluations) over the budget.")] = 10,
     augment: Annotated[bool, typer.Option(help="Train on case/punctuation/name variants of the forget records and "
                                                "name-swapped counterfactuals as retain rows.")] = True,
+    hard_negatives: Annotated[float, typer.Option(help="Share of the retain rows given to retain records that name "
+                                                       "other people (spaCy); 0 = off.")] = 0.25,
     forget_entities: Annotated[str, typer.Option(help="Names to forget, comma-separated (default: split.json's).")]
     = "",
     select: Annotated[bool, typer.Option(help="Score each round on slices that cost no forget record; keep the "

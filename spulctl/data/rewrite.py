@@ -145,11 +145,15 @@ def _cased_like(name: str, original: str) -> str:
     return name
 
 
-def counterfactuals(records: list[dict], entities: list[str], seed: int) -> list[dict]:
-    """Each record that names an entity, with every mention replaced by another (made-up) name.
+def counterfactuals(records: list[dict], entities: list[str], seed: int, real_names: list[str] = (),
+                    real_share: float = 0.5) -> list[dict]:
+    """Each record that names an entity, with every mention replaced by another name.
 
     A one-word mention gets a one-word name, a longer one a given name + surname; the case of the mention is kept.
-    Names in ``entities`` are never used as replacements. Records that name no entity are skipped.
+    Names in ``entities`` are never used as replacements. Records that name no entity are skipped. With
+    ``real_names`` (other people named in the retain data, :mod:`spulctl.data.hard_negatives`), a ``real_share``
+    of the swaps use one of them (its last word for a one-word mention) instead of a made-up name: the forgotten
+    people are real, so the names that must keep working are real ones too.
 
     Returns:
         New records with ``counterfactual_of`` naming the replaced mentions.
@@ -160,6 +164,8 @@ def counterfactuals(records: list[dict], entities: list[str], seed: int) -> list
     taken = {w for e in entities for w in e.lower().split()}
     given = [n for n in GIVEN_NAMES if n not in taken]
     family = [n for n in SURNAMES if n not in taken]
+    real_full = [n for n in real_names if " " in n and not taken & set(n.split())]
+    real_one = sorted({n.split()[-1] for n in real_names if not taken & set(n.split())})
     rng = random.Random(seed)
     out = []
     for r in records:
@@ -169,7 +175,11 @@ def counterfactuals(records: list[dict], entities: list[str], seed: int) -> list
             key = m.group(0).lower()
             if key not in swaps:
                 one = len(key.split()) == 1
-                swaps[key] = rng.choice(family) if one else f"{rng.choice(given)} {rng.choice(family)}"
+                real = real_one if one else real_full
+                if real and rng.random() < real_share:
+                    swaps[key] = rng.choice(real)
+                else:
+                    swaps[key] = rng.choice(family) if one else f"{rng.choice(given)} {rng.choice(family)}"
             return _cased_like(swaps[key], m.group(0))
 
         text = pattern.sub(swap, r["text"])
