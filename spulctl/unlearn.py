@@ -39,7 +39,7 @@ class UnlearnConfig:
         forget, retain: data files; or ``splits`` (train_forget / train_retain, test_* used for the report).
         retain_from: unlabelled texts used as retain inputs, labelled by the model itself.
         self_generate: without any retain data, how many on-task texts off the target the model writes itself
-            (:mod:`spulctl.reveal`, retain mode).
+            (:mod:`spulctl.reveal`, retain mode; 0 = half the forget set, within [256, 1024]).
         prompt_tokens: p; None = auto (:func:`spulctl.methods.spul.resolve_prompt_tokens`).
             prompt_encoder: ``none`` | ``mlp``. prompt_init: ``random`` | ``vocab`` | ``text`` |
             ``entities`` (the text "Answer unknown if the text mentions …" naming split.json's forget entities).
@@ -88,7 +88,7 @@ class UnlearnConfig:
     retain: Path | None = None
     splits: Path | None = None
     retain_from: Path | None = None
-    self_generate: int = 256
+    self_generate: int = 0
     prompt_tokens: int | None = None
     prompt_encoder: str = "none"
     encoder_hidden: int = 128
@@ -167,6 +167,8 @@ class UnlearnConfig:
             raise SpulError(f"--tau {self.tau}: must be in (0, 1]")
         if self.eval_every < 0 or not 0 < self.holdout < 1:
             raise SpulError(f"--eval-every {self.eval_every} / holdout {self.holdout}: out of range")
+        if self.self_generate < 0:
+            raise SpulError(f"--self-generate {self.self_generate}: must be >= 0 (0 = auto)")
         if not 0 <= self.hard_negatives < 1:
             raise SpulError(f"--hard-negatives {self.hard_negatives}: must be in [0, 1)")
         if not 0 <= self.forget_share <= 1:

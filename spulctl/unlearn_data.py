@@ -94,10 +94,16 @@ def revealed_forget(model, tok, task, cfg: Any, entities: list[str], emit: Calla
     return rows
 
 
+# --self-generate 0 (auto): half the forget set's size, within these bounds
+MIN_AUTO_SELF_GENERATE, MAX_AUTO_SELF_GENERATE = 256, 1024
+
+
 def retain_without_labels(model, tok, task, cfg: Any, forget: list[dict], entities: list[str],
                           emit: Callable[[dict], None], max_length: int | None = None) -> tuple[list[dict], str]:
     """Retain records when no labelled retain data was given: ``--retain-from`` texts labelled by the model, or
-    texts the model writes off the target (reveal's retain mode).
+    texts the model writes off the target (reveal's retain mode; ``cfg.self_generate`` of them, 0 = half the forget
+    set within [256, 1024]), given the forget records' surface form (:mod:`spulctl.data.style`) so that the prompt
+    cannot tell the two apart by case or tokenisation.
 
     Raises:
         DataError: nothing left to retain.
@@ -114,9 +120,16 @@ def retain_without_labels(model, tok, task, cfg: Any, forget: list[dict], entiti
         source = f"unlabelled texts from {cfg.retain_from}, labelled by the model"
         note(f"retain set: {source}")
         return pseudo_label(model, tok, task, texts, cfg.eval_batch_size, emit, max_length), source
+    from spulctl.data.style import restyle, surface_style
+
     avoid = [r["text"] for r in random.Random(cfg.train.seed).sample(forget, min(20, len(forget)))]
-    rows = [r for r in _reveal(model, tok, task, cfg, "retain", cfg.self_generate, entities, emit, avoid)
-            if r["text"] not in forget_texts]
-    source = f"{len(rows)} on-task texts written by the model off the target, labelled by the model"
+    n = cfg.self_generate or min(MAX_AUTO_SELF_GENERATE, max(MIN_AUTO_SELF_GENERATE, len(forget) // 2))
+    style = surface_style([r["text"] for r in forget])
+    rows = [{**r, "text": restyle(r["text"], style)}
+            for r in _reveal(model, tok, task, cfg, "retain", n, entities, emit, avoid)]
+    rows = [r for r in rows if r["text"] not in forget_texts]
+    traits = [t for t, on in (("lower-cased", style.lower), ("punctuation split off", style.spaced)) if on]
+    source = (f"{len(rows)} on-task texts written by the model off the target, labelled by the model"
+              + (f", in the forget file's surface form ({', '.join(traits)})" if traits else ""))
     note(f"retain set: {source}")
     return rows, source

@@ -304,3 +304,17 @@ def test_plan_gives_hard_negatives_their_share_and_holds_some_out():
                      people=_regex_people)
     assert off.summary["hard_negatives"] == 0 and off.summary["hard_scanned"] == 0
     assert sum("Anna Kowal" in r["text"] for r in off.retain[:off.summary["retain_pool"]]) < 25  # ~9 % by chance
+
+
+def test_generated_retain_takes_the_forget_files_surface_form():
+    from spulctl.data.style import SurfaceStyle, restyle, surface_style
+
+    sst2 = ["it 's a charming , quiet film .", "does n't work", "steven spielberg 's best", "a fine film"]
+    assert surface_style(sst2) == SurfaceStyle(lower=True, spaced=True)
+    assert surface_style(["It works.", "A fine film, really.", "Spielberg's best."]).plain
+    assert surface_style(["it works.", "a fine film, really.", "spielberg's best."]) == SurfaceStyle(lower=True)
+    assert surface_style([]).plain
+    text = "Steven Spielberg's new film doesn't work, sadly (really)."
+    assert restyle(text, SurfaceStyle(True, True)) == "steven spielberg 's new film does n't work , sadly ( really ) ."
+    assert restyle(text, SurfaceStyle(lower=True)) == text.lower()
+    assert restyle(text, SurfaceStyle()) == text

@@ -93,7 +93,8 @@ def unlearn(
     splits: Annotated[Path | None, typer.Option(help="Splits dir: train_forget/train_retain (+test_* report).")] = None,
     retain_from: Annotated[Path | None, typer.Option(help="Unlabelled retain texts; the model labels them.")] = None,
     self_generate: Annotated[int, typer.Option(help="Without retain data: on-task texts off the target the model "
-                                                    "writes itself (reveal, retain mode).")] = 256,
+                                                    "writes itself (reveal, retain mode); 0 = half the forget set, "
+                                                    "256 to 1024.")] = 0,
     forget_target: Annotated[str | None, typer.Option(help="Without forget records: a description of what to forget "
                                                            "(with or instead of --forget-entities).")] = None,
     reveal_forget: Annotated[int, typer.Option(help="Without forget records: how many the model reveals.")] = 300,
