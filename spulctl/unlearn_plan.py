@@ -4,14 +4,15 @@ Built once per run from the data and the settings:
 
 1. **Training rows.** Forget = the forget records + one robustness variant of each (case, punctuation, first or
    last name; :mod:`spulctl.data.rewrite`) so the probes stay forgotten. Retain = a seeded pool drawn from the
-   *whole* retain set, as many distinct records as the run will visit, + counterfactuals of the forget records
-   (their names swapped for made-up ones, true labels kept) as hard negatives.
+   *whole* retain set, as many distinct records as the run will visit (a ``hard_negatives`` share of it retain
+   records naming other people, :mod:`spulctl.data.hard_negatives`), + counterfactuals of the forget records
+   (their names swapped for made-up or, half the time, other real ones; true labels kept) as hard negatives.
 2. **Batches.** Every batch holds the same forget share (:class:`~spulctl.data.sampling.MixedBatches`).
 3. **Budget.** Steps = passes over the forget set, clamped (:func:`~spulctl.data.sampling.step_budget`), cut
    into evaluation rounds.
 4. **Selection** that costs no forget record: after each round the artifact is scored on (a) training forget
    records and all their variants — is the forget objective met? — and (b) held-out retain records plus fresh
-   counterfactuals (other names than those trained on) — is the rest intact? The aggregate score
+   counterfactuals (a new seeded draw of swaps) — is the rest intact? The aggregate score
    (:mod:`spulctl.selection`) picks the round to keep; the stop rule ends the run once both sides hold.
 """
 
@@ -40,7 +41,7 @@ class ForgetSharePlan:
         budget: steps and rounds.
         select_forget: training forget records and their variants (the forget side of selection).
         select_retain: held-out retain records (never trained on).
-        select_counterfactual: forget records with names other than the trained counterfactuals' (retain side).
+        select_counterfactual: selected forget records with a new draw of name swaps (retain side).
         summary: counts and choices, stored in the artifact's metadata and printed.
     """
 
@@ -63,7 +64,7 @@ def build_plan(forget: list[dict], retain: list[dict], entities: list[str], sett
         forget, retain: the labelled records.
         entities: forgotten names (may be empty: then no name variants and no counterfactuals).
         settings: an ``UnlearnConfig`` (forget_share, forget_passes, min_steps, budget_steps, rounds, augment,
-            select, select_forget, select_retain, train.batch_size, train.seed, train.max_steps).
+            select, select_forget, select_retain, hard_negatives, train.batch_size, train.seed, train.max_steps).
         uses_retain: the method trains on retain rows (SPUL, RL, GA+KL, GA+GD) or not (GA).
         note: prints a one-line note (a missing spaCy for the hard-negative scan).
         people: the PERSON finder of the hard-negative scan (default: spaCy).
@@ -73,7 +74,8 @@ def build_plan(forget: list[dict], retain: list[dict], entities: list[str], sett
     cap = s.budget_steps if s.train.max_steps is None else s.train.max_steps
     hard = HardNegatives()
     if s.hard_negatives > 0 and entities and uses_retain and retain:
-        want = math.ceil(s.hard_negatives * cap * s.train.batch_size * (1 - s.forget_share)) + s.select_retain // 4
+        want = (math.ceil(s.hard_negatives * cap * s.train.batch_size * (1 - s.forget_share))
+                + (int(s.hard_negatives * s.select_retain) if s.select else 0))
         hard = scan_or_note(retain, entities, seed + 404, want, note or (lambda _m: None), people)
     hard_set = set(hard.indices)
     held_retain: list[dict] = []
@@ -81,7 +83,8 @@ def build_plan(forget: list[dict], retain: list[dict], entities: list[str], sett
         k = min(s.select_retain, len(retain) // 5)
         order = list(range(len(retain)))
         rng.shuffle(order)
-        k_hard = min(k // 4, len(hard.indices) // 5)  # held-out retain names other people as often as training
+        # held-out retain names other people as often as training
+        k_hard = min(int(k * s.hard_negatives), len(hard.indices) // 5)
         held_idx = set(hard.indices[:k_hard]) | set([i for i in order if i not in hard_set][:k - k_hard])
         held_retain = [retain[i] for i in sorted(held_idx)]
         hard_train = [retain[i] for i in hard.indices if i not in held_idx]
@@ -101,8 +104,8 @@ def build_plan(forget: list[dict], retain: list[dict], entities: list[str], sett
     if uses_retain and (retain or hard_train):
         wanted = budget.steps * probe.retain_per_batch
         hard_pool = hard_train[:math.ceil(s.hard_negatives * wanted)]
-        rest = wanted - len(hard_pool)
-        pool = hard_pool + (retain if rest >= len(retain) else random.Random(seed + 202).sample(retain, rest))
+        rest, others = wanted - len(hard_pool), retain + hard_train[len(hard_pool):]  # unused hard records stay in
+        pool = hard_pool + (others if rest >= len(others) else random.Random(seed + 202).sample(others, rest))
     train_retain = pool + cf_train
     batches = MixedBatches(len(train_forget), len(train_retain), s.train.batch_size, s.forget_share,
                            budget.steps_per_round, seed)

@@ -318,3 +318,34 @@ def test_generated_retain_takes_the_forget_files_surface_form():
     assert restyle(text, SurfaceStyle(True, True)) == "steven spielberg 's new film does n't work , sadly ( really ) ."
     assert restyle(text, SurfaceStyle(lower=True)) == text.lower()
     assert restyle(text, SurfaceStyle()) == text
+    spaced = SurfaceStyle(True, True)
+    for raw in ["See https://x.com/a.b, 3.5 or 2,500... Mr. W. Smith isn't IT'S.", "wait ... what ?"]:
+        once = restyle(raw, spaced)
+        assert restyle(once, spaced) == once  # idempotent
+    assert once == "wait ... what ?"
+    assert restyle("See https://x.com/a.b, 3.5 or 2,500... Mr. W. Smith isn't IT'S.", spaced) == \
+        "see https://x.com/a.b , 3.5 or 2,500 ... mr. w. smith is n't it 's ."
+    assert surface_style(["a fine film .", "it works .", "so so ."]).spaced  # " ." at the end of a stripped line
+
+
+def test_plan_without_hard_records_is_the_plan_without_the_scan_and_keeps_spare_hard_records():
+    from types import SimpleNamespace
+
+    from spulctl.train import TrainConfig
+    from spulctl.unlearn_plan import build_plan
+
+    forget = [{"text": f"Jackie Chan kicks in take {i}.", "label": "positive"} for i in range(20)]
+    retain = [{"text": f"Anna Kowal shines in film {i}.", "label": "positive"} for i in range(60)]
+    retain += [{"text": f"a film with nobody in it, take {i}.", "label": "negative"} for i in range(300)]
+    base = dict(forget_share=0.5, forget_passes=10.0, min_steps=10, budget_steps=50, rounds=5, augment=True,
+                select_forget=10, select_retain=40, train=TrainConfig(batch_size=8, seed=0))
+    for select in (True, False):
+        on = SimpleNamespace(**base, select=select, hard_negatives=0.25)
+        nobody = build_plan(forget, retain, ["jackie chan"], on, people=lambda t: [[] for _ in t])
+        off = build_plan(forget, retain, ["jackie chan"], SimpleNamespace(**{**vars(on), "hard_negatives": 0.0}))
+        assert nobody.retain == off.retain and nobody.select_retain == off.select_retain
+        assert nobody.select_counterfactual == off.select_counterfactual
+    few = SimpleNamespace(**{**base, "forget_passes": 1.0}, select=False, hard_negatives=0.25)
+    plan = build_plan(forget, retain[:70], ["jackie chan"], few, people=_regex_people)  # 60 name someone else
+    s = plan.summary
+    assert 0 < s["hard_negatives"] < s["retain_pool"] == s["steps"] * s["retain_per_batch"] <= 70

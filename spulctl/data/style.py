@@ -13,9 +13,13 @@ from dataclasses import dataclass
 
 # a share of reference texts at least this large decides a trait
 TRAIT_SHARE = 0.6
-_SPACED = re.compile(r" [,.;:!?)] | \( |\w 's\b| n't\b")
-_PUNCT = re.compile(r"\s*([,.;:!?()])\s*")
-_CLITIC = re.compile(r"(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
+_SPACED = re.compile(r" (?:[,.;:!?)]|\.\.\.)(?= |$)| \( |\w 's\b| n't\b")
+# "..." stays one token; , . : only before a space, the end or more punctuation (3.5, 2,500, URLs stay whole);
+# no "." split off an initial (but "a", "i") or a title ("george w. bush", "mr. smith"), as in SST-2
+_PUNCT = re.compile(r"\s*(\.\.\.|[;!?()]|[,:](?=[\s.,;:!?)]|$)"
+                    r"|(?<![\s.][b-hj-z])(?<!^[b-hj-z])(?<!\b(?:mr|ms|dr|jr|st|vs|mt))(?<!\bmrs)\.(?=[\s.,;:!?)]|$))\s*",
+                    re.IGNORECASE)
+_CLITIC = re.compile(r"(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,9 @@ def surface_style(texts: list[str]) -> SurfaceStyle:
 
 
 def restyle(text: str, style: SurfaceStyle) -> str:
-    """``text`` in ``style``: lower-cased and/or with punctuation and clitics split off by spaces."""
+    """``text`` in ``style``: lower-cased and/or with punctuation and clitics split off by spaces (as in SST-2:
+    ``...``, numbers such as ``3.5`` or ``2,500``, URLs, initials and titles such as ``mr.`` stay whole); applying
+    it twice changes nothing more."""
     if style.lower:
         text = text.lower()
     if style.spaced:
