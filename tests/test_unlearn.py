@@ -202,6 +202,21 @@ def test_self_generated_retain_set(tiny_model_dir: Path, demo_splits: Path, tmp_
         verify_bundle(tmp_path / "b")
 
 
+def test_self_generated_retain_takes_the_forget_files_surface_form(tiny_model_dir: Path, demo_splits: Path,
+                                                                    tmp_path: Path):
+    from spulctl.data.style import surface_style
+
+    rows = [json.loads(x) for x in (demo_splits / "train_forget.jsonl").read_text().splitlines()]
+    assert not surface_style([r["text"] for r in rows]).lower  # the demo's texts are cased ...
+    sst2_like = write_jsonl(tmp_path / "f.jsonl", [{**r, "text": r["text"].lower()} for r in rows])  # ... these not
+    cfg = _cfg(tiny_model_dir, None, tmp_path / "b", forget=sst2_like, self_generate=12, train={"max_steps": 1})
+    meta = unlearn(cfg)
+    assert "surface form (lower-cased" in meta["data"]["retain_source"]
+    saved = [json.loads(x) for x in (tmp_path / "b" / "retain_used.jsonl").read_text().splitlines()]
+    generated = [r["text"] for r in saved if r.get("source") == "reveal:retain"]
+    assert generated and all(t == t.lower() for t in generated)
+
+
 def _cli(tiny_model_dir: Path, out: Path, *args: str):
     return runner.invoke(app, ["unlearn", "--model", str(tiny_model_dir), "-o", str(out), "--max-steps", "2",
                                "--eval-limit", "0", *args])
