@@ -400,6 +400,10 @@ def test_forget_instructions_name_one_target_at_a_time(chat_frozen):
     for r in run.rounds:  # every sample is accounted for: kept, or rejected for one reason
         assert r["generated"] == r["kept"] + sum(r["rejected"].values()), r
         assert set(r["phase_seconds"]) == {"bandit", "generate", "embed", "answer"}
+        # each pick's own reward, in pick order; the round's reward is their mean
+        assert len(r["arms"]) == len(r["arm_rewards"]) == len(r["instructions"]) == 4
+        assert all(0 <= a < len(run.pool) for a in r["arms"])
+        assert abs(sum(r["arm_rewards"]) / 4 - r["reward"]) < 1e-3
 
 
 def test_cut_off_samples_are_not_texts():

@@ -210,8 +210,9 @@ class RevealRun:
         new, dropped = self._keep(texts, vecs, rel, answers, slot, asked, stats, rnd)
         rejected = {"cut_off": cut_off, "unusable": len(raw) - len(texts) - cut_off, "off_target": int((~wanted).sum()),
                     "off_task": int((wanted & ~rel).sum()), **dropped}
-        row = {"round": rnd, "instructions": asked, "generated": len(raw),
-               "usable": len(texts), "relevant": int(rel.sum()), "kept": len(new), "rejected": rejected,
+        row = {"round": rnd, "instructions": asked, "arms": arms,
+               "arm_rewards": [round(st["reward"], 4) for st in stats], "generated": len(raw), "usable": len(texts),
+               "relevant": int(rel.sum()), "kept": len(new), "rejected": rejected,
                "relevance": _mean(s["relevance"] for s in stats), "diversity": _mean(s["diversity"] for s in stats),
                "reward": _mean(s["reward"] for s in stats), "total_kept": len(self.records),
                "total_generated": self.generated, "seconds": clock.total(), "phase_seconds": clock.laps}
