@@ -14,7 +14,7 @@ Floors, top to bottom (room: module prefixes; the exact table is ``LAYERS`` belo
 7. methods: spulctl.methods | reveal: spulctl.data.selfgen, spulctl.reveal
 6. evaluate: spulctl.evaluate
 5. export: spulctl.export, spulctl.bundle_peft | train: spulctl.train
-4. bundle: spulctl.bundle | split: spulctl.data.split
+4. bundle: spulctl.bundle | split: spulctl.data.split, .data.hard_negatives (spaCy NER over records)
 3. step: spulctl.step, .loss, .attention, .lean_mlp, .prompt, .cuda_graphs
 2. kernels: spulctl.kernels (the kernels/ folder) | models: spulctl.models | data: spulctl.data (records, tasks,
    readers) | config: spulctl.config | selection: spulctl.selection (scores and stop rules, plain numbers)
@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("spulctl.evaluate", 6, "evaluate"),
     ("spulctl.export", 5, "export"), ("spulctl.bundle_peft", 5, "export"), ("spulctl.train", 5, "train"),
     ("spulctl.bundle", 4, "bundle"), ("spulctl.data.split", 4, "split"), ("spulctl.data.ner_split", 4, "split"),
+    ("spulctl.data.hard_negatives", 4, "split"),
     ("spulctl.step", 3, "step"), ("spulctl.loss", 3, "step"), ("spulctl.attention", 3, "step"),
     ("spulctl.lean_mlp", 3, "step"), ("spulctl.prompt", 3, "step"), ("spulctl.cuda_graphs", 3, "step"),
     ("spulctl.kernels", 2, "kernels"), ("spulctl.models", 2, "models"), ("spulctl.data", 2, "data"),
