@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from spulctl.data.split import NER_CHARS, _load_spacy, _norm_entity
 from spulctl.errors import MissingDependencyError
 
 # texts -> PERSON mentions of each text (the default reads them with spaCy's en_core_web_sm)
@@ -41,22 +42,28 @@ class HardNegatives:
     scanned: int = 0
 
 
-def spacy_people(texts: list[str]) -> list[list[str]]:
-    """PERSON mentions per text (spaCy ``en_core_web_sm``, the model ``split --by entity`` uses)."""
-    from spulctl.data.split import NER_CHARS, _load_spacy
+def spacy_people() -> PeopleFinder:
+    """A PERSON finder over spaCy ``en_core_web_sm`` (the model ``split --by entity`` uses), loaded once.
 
+    Raises:
+        MissingDependencyError: spaCy or its English model is missing.
+    """
     nlp = _load_spacy()
-    return [[e.text for e in doc.ents if e.label_ == "PERSON"]
-            for doc in nlp.pipe([t[:NER_CHARS] for t in texts], batch_size=256)]
+
+    def find(texts: list[str]) -> list[list[str]]:
+        return [[e.text for e in doc.ents if e.label_ == "PERSON"]
+                for doc in nlp.pipe([t[:NER_CHARS] for t in texts], batch_size=256)]
+
+    return find
 
 
 def clean_name(mention: str) -> str | None:
-    """A mention as a usable name (lower case, possessive and stray punctuation stripped), or None.
+    """A mention as a usable name (``split``'s entity normalisation: lower case, possessive and stray punctuation
+    stripped), or None.
 
     None when the mention is not one to three plain words of at least three letters in all.
     """
-    text = re.sub(r"\s*'s$|\s*'$", "", mention.strip().lower())
-    text = re.sub(r"\s+", " ", text).strip(" .,-'\"")
+    text = _norm_entity(mention)
     return text if len(text) > 2 and _NAME.match(text) else None
 
 
@@ -70,12 +77,12 @@ def find_hard_negatives(retain: list[dict], entities: list[str], seed: int, want
         seed: the scan order.
         want: stop after this many hard records.
         max_scan: read at most this many records.
-        people: the PERSON finder (default :func:`spacy_people`).
+        people: the PERSON finder (default: :func:`spacy_people`'s).
 
     Raises:
         MissingDependencyError: spaCy or its English model is missing (from the default finder).
     """
-    finder = people or spacy_people
+    finder = people or spacy_people()
     taken = {w for e in entities for w in e.lower().split()}
     order = list(range(len(retain)))
     random.Random(seed).shuffle(order)
