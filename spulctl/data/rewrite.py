@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -145,7 +145,7 @@ def _cased_like(name: str, original: str) -> str:
     return name
 
 
-def counterfactuals(records: list[dict], entities: list[str], seed: int, real_names: list[str] = (),
+def counterfactuals(records: list[dict], entities: list[str], seed: int, real_names: Sequence[str] = (),
                     real_share: float = 0.5) -> list[dict]:
     """Each record that names an entity, with every mention replaced by another name.
 
