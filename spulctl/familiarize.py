@@ -22,9 +22,10 @@ from typing import Any
 from spulctl.data.ner import load_ner_split
 from spulctl.data.readers import find_split_file, load_split
 from spulctl.data.task import TaskSpec, is_generative, task_for_splits
+from spulctl.distributed import rank_private_dir
 from spulctl.errors import SpulError
 from spulctl.io import check_output_dir, sha256_file, staged_dir, write_json_atomic
-from spulctl.train import TrainConfig, fit, rank_private_dir
+from spulctl.train import TrainConfig, fit
 
 MANIFEST = "spulctl-manifest.json"
 

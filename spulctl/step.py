@@ -199,9 +199,9 @@ def compile_prefix(model: nn.Module, prompt: torch.Tensor) -> list[tuple[torch.T
 
     What a bundle stores as its compiled prefix and what an export feeds the graph as past keys/values.
     """
-    import torch
 
-    with torch.inference_mode():
+    from spulctl.distributed import inference
+    with inference():
         cache = prompt_prefix_cache(model, prompt.to(next(model.parameters()).dtype), 1)
         return [(layer.keys.float().contiguous().clone(), layer.values.float().contiguous().clone())
                 for layer in cache.layers]

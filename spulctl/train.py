@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from spulctl.distributed import lockstep, world
 from spulctl.errors import SpulError
 from spulctl.io import sha256_text, write_json_atomic
 
@@ -123,37 +124,6 @@ def micro_slices(indices: list[int], micro_batch: int) -> list[list[int]]:
     return [indices[i:i + micro_batch] for i in range(0, len(indices), micro_batch)]
 
 
-def world() -> tuple[int, int]:
-    """``(rank, world size)`` of a data-parallel run (``accelerate launch``/``torchrun`` set ``WORLD_SIZE``); the
-    process group (gloo on the CPU, NCCL on GPUs) is started on first use. ``(0, 1)`` in a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
-        if not cpu:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("gloo" if cpu else "nccl")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def rank_private_dir(out: Path) -> Path | None:
-    """Where ranks above 0 of a data-parallel run write instead of ``out``: a private temporary directory, removed
-    at exit, so only rank 0's artifact, checkpoints and log exist. None on rank 0 and in a single process."""
-    rank = world()[0]
-    if rank == 0:
-        return None
-    import atexit
-    import shutil
-    import tempfile
-
-    private = Path(tempfile.mkdtemp(prefix=f"spulctl-rank{rank}-"))
-    atexit.register(shutil.rmtree, private, True)
-    return private / out.name
-
-
 def _all_reduce(objective: Objective, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Sum the ranks' gradients (the trainable parameters only: the frozen base is never communicated) and parts."""
     import torch
@@ -195,6 +165,9 @@ def forward_backward(objective: Objective, indices: list[int], micro_batch: int 
         loss.backward()
         for k, v in parts.items():
             total[k] = total[k] + v.detach() if k in total else v.detach()
+    counts = [sum(1 for s in micro_slices(indices[r::size], micro_batch) if s) for r in range(size)]
+    for _ in range(lockstep(counts) - len(slices)):  # sharded base: match the other ranks' passes, add nothing
+        (objective.loss(indices[:1], within=indices)["loss"] * 0.0).backward()
     return _all_reduce(objective, total) if size > 1 else total
 
 
@@ -264,8 +237,13 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
              "evals": [], "best": None}
     best: dict[str, torch.Tensor] = {}
     torch.manual_seed(cfg.seed)
-    if ckpt_dir is not None and resume and (Path(ckpt_dir) / CKPT_STATE).is_file():
-        state, best = _load_checkpoint(Path(ckpt_dir), dict(zip(names, params, strict=True)), opt, sched, key)
+    saved = None  # rank 0 reads the checkpoint and hands it to every rank: a run resumes at any world size
+    if rank == 0 and ckpt_dir is not None and resume and (Path(ckpt_dir) / CKPT_STATE).is_file():
+        saved = _read_checkpoint(Path(ckpt_dir), key)
+    if size > 1:
+        saved = _share_checkpoint(saved)
+    if saved is not None:
+        state, best = _apply_checkpoint(*saved, dict(zip(names, params, strict=True)), opt, sched)
     resumed_from = state["global_step"]
     emit({"kind": "start", "total": total, "resumed_from": resumed_from, "examples": len(lengths)})
     t0, seen = time.perf_counter(), 0
@@ -352,17 +330,34 @@ def _save_checkpoint(folder: Path, names, params, opt, sched, state: dict, best:
             old.unlink(missing_ok=True)
 
 
-def _load_checkpoint(folder: Path, named: dict, opt, sched, key: str) -> tuple[dict, dict]:
-    import torch
+def _read_checkpoint(folder: Path, key: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The checkpoint's JSON state and tensors; refuses one written by another run."""
     from safetensors.torch import load_file
 
     state = json.loads((folder / CKPT_STATE).read_text())
-    state.setdefault("evals", [])
-    state.setdefault("best", None)
     if state.get("key") != key:
         raise TrainingError(f"{folder}: checkpoint belongs to a different run (other settings or data); "
                             "remove it or pass --overwrite")
-    tensors = load_file(str(folder / state.pop("tensors")))
+    return state, load_file(str(folder / state.pop("tensors")))
+
+
+def _share_checkpoint(saved: tuple[dict, dict] | None) -> tuple[dict, dict] | None:
+    """Rank 0's checkpoint (or its absence) on every rank of a data-parallel run."""
+    from spulctl.distributed import broadcast_json, broadcast_tensors
+
+    state = broadcast_json(saved[0] if saved is not None else None)
+    if state is None:
+        return None
+    return state, broadcast_tensors(saved[1] if saved is not None else None)
+
+
+def _apply_checkpoint(state: dict, tensors: dict, named: dict, opt, sched) -> tuple[dict, dict]:
+    """Load a checkpoint's parameters, optimizer moments, RNG and schedule; returns (loop state, best params)."""
+    import torch
+
+    state = dict(state)
+    state.setdefault("evals", [])
+    state.setdefault("best", None)
     with torch.no_grad():
         for name, p in named.items():
             p.copy_(tensors[f"param/{name}"])

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from spulctl.data.task import DEFAULT_GENERIC_LABELS, TaskSpec
+from spulctl.distributed import fsdp_requested, load_kwargs, rank_private_dir, shard_frozen, world
 from spulctl.errors import SpulError
 from spulctl.familiarize import LoraSettings, evaluate_splits
 from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir, write_jsonl_atomic
-from spulctl.train import TrainConfig, TrainResult, fit, rank_private_dir
+from spulctl.train import TrainConfig, TrainResult, fit
 from spulctl.unlearn_data import FORGET_FILE, RETAIN_FILE, load_inputs
 
 Event = Callable[[dict[str, Any]], None]
@@ -213,11 +214,15 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     if quantization != "none" and method_cls.artifact != "bundle":
         raise SpulError(f"--load-in-{quantization}: only for prompt methods (spul, hard_prompt, icul); {cfg.method} "
                         "writes fine-tuned weights into the base")
-    model, tok = load_model(cfg.model, dtype=cfg.dtype, progress=note, quantization=quantization)
+    load = {"dtype": cfg.dtype, **load_kwargs(cfg.dtype)}  # FSDP: loaded on the CPU, sharded below
+    model, tok = load_model(cfg.model, progress=note, quantization=quantization, **load)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
     base_fp = fingerprint(model)
+    if fsdp_requested():  # accelerate launch --use_fsdp: every rank keeps 1/world of each decoder layer
+        n = shard_frozen(model, trains_base=method_cls.artifact != "bundle")
+        note(f"FSDP: {n} frozen decoder layers sharded across {world()[1]} processes")
     vocab = label_vocab(task, tok)
     from spulctl.data.split import forget_entities, infer_forget_entities
     from spulctl.unlearn_data import retain_without_labels, revealed_forget

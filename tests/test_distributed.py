@@ -76,9 +76,99 @@ def test_two_cpu_processes_give_the_single_process_lora_familiarization(tiny_mod
 
 
 def test_single_process_keeps_its_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    from spulctl.train import rank_private_dir, world
+    from spulctl.distributed import rank_private_dir, world
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert world() == (0, 1)
     assert rank_private_dir(tmp_path / "out") is None
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _launch(tmp_path: Path, port: int, *args: str, fsdp: bool = False) -> subprocess.CompletedProcess:
+    # `--use_fsdp` replaces `--multi_gpu` (accelerate takes one of them); both start torchrun processes
+    extra = ["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), *extra, *args]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_fsdp_shards_the_frozen_base_and_gives_the_single_process_bundle(tiny_model_dir: Path, demo_splits: Path,
+                                                                          tmp_path: Path):
+    """Batches of 5 in micro-batches of 2: rank 0 runs 2 slices a step, rank 1 one, so the sharded base only works
+    if the ranks pad to the same number of passes; the reference rows are computed shard-wise and summed."""
+    from safetensors.torch import load_file
+
+    common = ["--model", str(tiny_model_dir), "--splits", str(demo_splits), "-p", "4", "--max-steps", "3",
+              "--batch-size", "5", "--micro-batch", "2", "--eval-limit", "0", "--retain-limit", "20",
+              "--no-report-before", "--no-select", "--prompt-init", "random", "--kernels", "torch"]
+    one = subprocess.run([sys.executable, "-m", "spulctl", "unlearn", "-o", str(tmp_path / "one"), *common],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _launch(tmp_path, 29519, "-m", "spulctl", "unlearn", "-o", str(tmp_path / "two"), *common, fsdp=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    flat = two.stdout.replace("\n", " ")
+    assert "FSDP: 2 frozen decoder layers sharded across 2 processes" in " ".join(flat.split()), two.stdout
+    a = load_file(str(tmp_path / "one" / "prompt.safetensors"))["prompt"]
+    b = load_file(str(tmp_path / "two" / "prompt.safetensors"))["prompt"]
+    assert (a - b).abs().max().item() <= 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+
+
+def test_fsdp_refuses_a_trainable_base(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    two = _launch(tmp_path, 29520, "-m", "spulctl", "unlearn", "-o", str(tmp_path / "ga"), "--model",
+                  str(tiny_model_dir), "--splits", str(demo_splits), "--method", "ga", "--max-steps", "1",
+                  "--eval-limit", "0", "--no-report-before", fsdp=True)
+    assert two.returncode != 0
+    assert "FSDP shards frozen bases only" in two.stdout + two.stderr
+    assert not (tmp_path / "ga").exists()
+
+
+RESUME_SCRIPT = """
+import sys
+from pathlib import Path
+from spulctl.train import TrainConfig
+from spulctl.unlearn import UnlearnConfig, unlearn
+
+def cfg(model, splits, out):
+    return UnlearnConfig(model=str(model), splits=Path(splits), out=Path(out), prompt_tokens=4, eval_limit=0,
+                         retain_limit=60, forget_share=0.0, prompt_encoder="mlp", prompt_init="vocab",
+                         report_before=False, kernels="torch",
+                         train=TrainConfig(lr=2e-2, epochs=1, batch_size=8, seed=0, checkpoint_every=2, max_steps=6))
+
+if __name__ == "__main__":
+    if sys.argv[3] == "resume":
+        unlearn(cfg(sys.argv[1], sys.argv[2], sys.argv[4]), resume=True)
+"""
+
+
+def test_a_run_killed_in_one_process_resumes_in_two(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    """The checkpoint (prompt, optimizer moments, RNG, schedule) and the cached reference are rank 0's; the
+    ranks above 0 get them by broadcast, so a run resumes at another world size and ends where it would have."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    script = tmp_path / "resume_run.py"
+    script.write_text(RESUME_SCRIPT)
+    spec = importlib.util.spec_from_file_location("resume_run", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from spulctl.unlearn import unlearn
+
+    unlearn(mod.cfg(tiny_model_dir, demo_splits, tmp_path / "straight"))
+
+    def kill(event: dict) -> None:
+        if event["kind"] == "step" and event["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(mod.cfg(tiny_model_dir, demo_splits, tmp_path / "killed"), on_event=kill)
+    assert (tmp_path / ".killed.ckpt" / "checkpoint.json").is_file()
+    two = _launch(tmp_path, 29521, str(script), str(tiny_model_dir), str(demo_splits), "resume",
+                  str(tmp_path / "killed"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_file(str(tmp_path / "straight" / "prompt.safetensors"))["prompt"]
+    b = load_file(str(tmp_path / "killed" / "prompt.safetensors"))["prompt"]
+    assert (a - b).abs().max().item() <= 1e-5
+    assert not (tmp_path / ".killed.ckpt").exists()

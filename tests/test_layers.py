@@ -17,7 +17,8 @@ Floors, top to bottom (room: module prefixes; the exact table is ``LAYERS`` belo
 4. bundle: spulctl.bundle | split: spulctl.data.split, .data.hard_negatives (spaCy NER over records)
 3. step: spulctl.step, .loss, .attention, .lean_mlp, .prompt, .cuda_graphs
 2. kernels: spulctl.kernels (the kernels/ folder) | models: spulctl.models | data: spulctl.data (records, tasks,
-   readers) | config: spulctl.config | selection: spulctl.selection (scores and stop rules, plain numbers)
+   readers) | config: spulctl.config | selection: spulctl.selection (scores and stop rules, plain numbers) |
+   distributed: spulctl.distributed (ranks, broadcasts between them, FSDP sharding)
 1. base: spulctl.errors, spulctl.io, spulctl.progress, and ``from spulctl import __version__``
 
 A new module must be placed in the table (the test says so); a failing import means: move the shared piece one
@@ -51,6 +52,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("spulctl.kernels", 2, "kernels"), ("spulctl.models", 2, "models"), ("spulctl.data", 2, "data"),
     ("spulctl.quantization", 2, "models"),
     ("spulctl.config", 2, "config"), ("spulctl.selection", 2, "selection"), ("spulctl.plan", 2, "models"),
+    ("spulctl.distributed", 2, "distributed"),
     ("spulctl.errors", 1, "base"), ("spulctl.io", 1, "base"), ("spulctl.progress", 1, "base"),
     ("spulctl", 1, "base"),  # `from spulctl import __version__`
 ]

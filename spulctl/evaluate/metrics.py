@@ -68,7 +68,8 @@ def predict(
     first = torch.tensor(vocab.first_label_ids, device=device)
     generic_first = torch.tensor([g[0] for g in vocab.generic_ids], device=device)
     batches = bucketed_batches([len(e.input_ids) for e in examples], batch_size, seed=None)
-    with torch.inference_mode():
+    from spulctl.distributed import inference
+    with inference():
         for idx in batches:
             batch = collate([examples[i] for i in idx], pad_id, idx).to(device)
             logits = logits_fn(model, batch)  # (b, k, V)

@@ -159,20 +159,42 @@ def reference_hidden(model: nn.Module, examples: list[Encoded], pad_id: int, cac
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from spulctl.distributed import broadcast_tensors, lockstep, world
     from spulctl.step import answer_hidden, bucketed_batches, collate
 
+    cached = None
     if cache_file.is_file():
         with safe_open(str(cache_file), "pt") as f:
             if (f.metadata() or {}).get("key") == key:
-                return f.get_tensor("hidden")
+                cached = f.get_tensor("hidden")
+    rank, size = world()
+    if size > 1:  # rank 0 holds the checkpoint directory: its cache (or its absence) goes to every rank
+        cached = broadcast_tensors({"hidden": cached} if cached is not None else None).get("hidden")
+    if cached is not None:
+        return cached
     device = next(model.parameters()).device
-    out = torch.empty(len(examples), model.config.hidden_size)
+    out = torch.zeros(len(examples), model.config.hidden_size)
     emit({"kind": "eval-start", "split": "reference", "total": len(examples)})
-    with torch.inference_mode():
-        for idx in bucketed_batches([len(e.input_ids) for e in examples], batch_size, seed=None):
+    batches = bucketed_batches([len(e.input_ids) for e in examples], batch_size, seed=None)
+    mine = batches[rank::size]  # data-parallel: each rank computes every world-th batch, then the rows are summed
+    from spulctl.distributed import inference
+    with inference():
+        counts = [len(batches[r::size]) for r in range(size)]
+        for j in range(lockstep(counts)):  # a sharded base: every rank runs as many passes as the busiest
+            idx = mine[j] if j < len(mine) else batches[0]
             batch = collate([examples[i] for i in idx], pad_id, idx).to(device)
-            out[idx] = answer_hidden(model, batch)[:, 0].float().cpu()  # (b, d) at the answer position
-            emit({"kind": "eval-step", "split": "reference", "n": len(idx)})
+            rows = answer_hidden(model, batch)[:, 0].float().cpu()  # (b, d) at the answer position
+            if j < len(mine):
+                out[idx] = rows
+                emit({"kind": "eval-step", "split": "reference", "n": len(idx) * size})
+    if size > 1:
+        import torch.distributed as dist
+
+        from spulctl.distributed import rank_device
+
+        gathered = out.to(rank_device())
+        dist.all_reduce(gathered)  # each row was written by exactly one rank; the others hold zeros
+        out = gathered.cpu()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(f".{cache_file.name}.tmp")
     save_file({"hidden": out.contiguous()}, str(tmp), metadata={"key": key})
@@ -182,8 +204,9 @@ def reference_hidden(model: nn.Module, examples: list[Encoded], pad_id: int, cac
 
 def step_options(settings: Any) -> StepOptions:
     """The fast-step switches from a settings object."""
+    from spulctl.distributed import sharded
     from spulctl.step import StepOptions
 
-    return StepOptions(answer_only=settings.answer_only, shared_prefix=settings.shared_prefix,
-                       cached_reference=settings.cached_reference,
-                       cuda_graphs=settings.cuda_graphs)
+    whole = not sharded()  # FSDP: the prompt goes in with the text (see spulctl.distributed.lockstep)
+    return StepOptions(answer_only=settings.answer_only, shared_prefix=settings.shared_prefix and whole,
+                       cached_reference=settings.cached_reference, cuda_graphs=settings.cuda_graphs and whole)

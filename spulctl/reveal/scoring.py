@@ -94,7 +94,8 @@ def answer(model: nn.Module, tok: Any, task: TaskSpec, texts: list[str], batch_s
     device = next(model.parameters()).device
     first = torch.tensor(vocab.first_label_ids, device=device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    with torch.inference_mode():
+    from spulctl.distributed import inference
+    with inference():
         for idx in bucketed_batches([len(e.input_ids) for e in examples], batch_size, seed=None):
             batch = collate([examples[i] for i in idx], pad, idx).to(device)
             logits = answer_logits(model, batch)[:, 0]  # (b, V) at the answer position
