@@ -22,7 +22,7 @@ from typing import Any
 from spulctl.data.ner import load_ner_split
 from spulctl.data.readers import find_split_file, load_split
 from spulctl.data.task import TaskSpec, is_generative, task_for_splits
-from spulctl.distributed import rank_private_dir
+from spulctl.distributed import fsdp_requested, rank_private_dir
 from spulctl.errors import SpulError
 from spulctl.io import check_output_dir, sha256_file, staged_dir, write_json_atomic
 from spulctl.train import TrainConfig, fit
@@ -133,6 +133,9 @@ def familiarize(cfg: FamiliarizeConfig, resume: bool = False, overwrite: bool = 
     from spulctl.data.truncate import POLICY, resolve_max_length, truncation_note
     from spulctl.models import fingerprint, load_model
 
+    if fsdp_requested():
+        raise SpulError("FSDP shards frozen bases only: familiarize trains LoRA weights inside the layers; launch "
+                        "it data-parallel (without --use_fsdp)")
     if (private := rank_private_dir(cfg.out)) is not None:  # accelerate rank > 0: trains, writes nothing shown
         cfg, on_event, overwrite = replace(cfg, out=private), None, True
     emit = on_event or (lambda _e: None)

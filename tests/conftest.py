@@ -84,3 +84,22 @@ def small_bundle(tiny_model_dir: Path, demo_splits: Path, tmp_path_factory: pyte
     unlearn(UnlearnConfig(model=str(tiny_model_dir), out=out, splits=demo_splits, prompt_tokens=4, eval_limit=0,
                           retain_limit=60, train=TrainConfig(lr=1e-2, epochs=1, batch_size=16, max_steps=2)))
     return out
+
+
+CHAT = ("{% for m in messages %}<eos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a chat template in its tokenizer (what ``reveal`` prompts)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-chat")
+    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.chat_template = CHAT
+    tok.save_pretrained(out)
+    return out

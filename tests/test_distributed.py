@@ -172,3 +172,36 @@ def test_a_run_killed_in_one_process_resumes_in_two(tiny_model_dir: Path, demo_s
     b = load_file(str(tmp_path / "killed" / "prompt.safetensors"))["prompt"]
     assert (a - b).abs().max().item() <= 1e-5
     assert not (tmp_path / ".killed.ckpt").exists()
+
+
+REVEAL_ARGS = ["--entities", "Jonah Pellegrino", "--mode", "retain", "-n", "6", "--budget", "24",
+               "--min-confidence", "0.5", "--embedder", "shingle", "--paraphrases", "0", "--arms-per-round", "2",
+               "--samples-per-arm", "3", "--max-new-tokens", "12", "--no-complete-only"]
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["split-rows", "fsdp"])
+def test_reveal_in_two_processes(chat_model_dir: Path, tmp_path: Path, fsdp: bool):
+    """Data-parallel: the ranks split each round's samples and gather them back, so the run generates the
+    same number of texts as one process and rank 0 alone writes. FSDP: every rank samples every row alike (the
+    sharded layers need the same passes on all ranks), so the records are exactly the single process's."""
+    one = subprocess.run([sys.executable, "-m", "spulctl", "reveal", "--model", str(chat_model_dir), *REVEAL_ARGS,
+                          "-o", str(tmp_path / "one.jsonl")], env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _launch(tmp_path, 29522 + fsdp, "-m", "spulctl", "reveal", "--model", str(chat_model_dir), *REVEAL_ARGS,
+                  "-o", str(tmp_path / "two.jsonl"), fsdp=fsdp)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = {n: [json.loads(x) for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in ("one", "two")}
+    reports = {n: json.loads((tmp_path / f"{n}.report.json").read_text()) for n in ("one", "two")}
+    # every round holds all 2 x 3 samples (rank 0's three and rank 1's three, gathered), within the budget
+    assert [r["generated"] for r in reports["two"]["per_round"]] == [6] * len(reports["two"]["per_round"])
+    assert reports["two"]["generated"] <= 24
+    assert 1 <= len(rows["two"]) <= 6 and reports["two"]["kept"] == len(rows["two"])
+    if fsdp:
+        assert rows["two"] == rows["one"] and reports["two"]["per_round"][0]["instructions"] == \
+            reports["one"]["per_round"][0]["instructions"]
+    else:  # rank 1's rows are its own draws (its own seed): not the single process's texts
+        assert [r["text"] for r in rows["two"]] != [r["text"] for r in rows["one"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{n}.{ext}" for n in ("one", "two") for ext in ("jsonl", "report.json"))
+    assert two.stdout.count("wrote ") == 1, two.stdout

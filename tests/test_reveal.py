@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,6 @@ from spulctl.reveal import RevealConfig, generate_records
 from spulctl.reveal import scoring as sc
 from spulctl.reveal.generate import clean, normalise
 
-CHAT = ("{% for m in messages %}<eos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant:{% endif %}")
 # the random model never ends a sentence: keep its cut-off samples (complete_only=False), or nothing is a text
 FAST = dict(embedder="shingle", paraphrases=2, arms_per_round=2, samples_per_arm=3, max_new_tokens=16,
             complete_only=False)
@@ -37,24 +34,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def chat_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with a chat template in its tokenizer."""
-    from transformers import AutoTokenizer
-
-    out = tmp_path_factory.mktemp("tiny-chat")
-    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(out)
-    tok.chat_template = CHAT
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def chat_frozen(frozen):
+def chat_frozen(frozen, chat_model_dir: Path):
     model, tok = frozen
-    tok = type(tok).from_pretrained(tok.name_or_path) if tok.name_or_path else tok
-    tok.chat_template = CHAT
-    return model, tok
+    return model, type(tok).from_pretrained(chat_model_dir)  # the same tokenizer with a chat template
 
 
 # ---------------------------------------------------------------- bandit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,6 +106,8 @@ def reveal(
             result = run_reveal(cfg, on_event=bar)
         finally:
             bar.stop()
+    if os.environ.get("RANK", "0") != "0":  # several processes (accelerate launch): rank 0 reports
+        return
     table = Table("round", "generated", "relevant", "kept", "relevance", "diversity", "reward", "total kept",
                   title=f"reveal ({cfg.mode.value}): {len(result.records)} records in {result.generated} texts, "
                         f"{result.seconds:.0f} s")

@@ -37,11 +37,14 @@ def reveal(cfg: RevealConfig, on_event: Callable[[dict], None] | None = None) ->
         ModelError: the model cannot be loaded, or has no chat template and ``cfg.plain_prompt`` is False.
         DataError: no relevant text within the budget.
     """
+    from spulctl.distributed import fsdp_requested, load_kwargs, rank_private_dir, shard_frozen
     from spulctl.models import load_model
     from spulctl.reveal import report as rep
 
     emit = on_event or (lambda _e: None)
     out = Path(cfg.out) if cfg.out else None
+    if out is not None and (private := rank_private_dir(out)) is not None:  # accelerate rank > 0: shows nothing
+        out, emit = private, (lambda _e: None)
     ckpt = checkpoint_dir(out) if out else None
     if out is not None:
         if out.exists() and not cfg.overwrite:
@@ -52,7 +55,11 @@ def reveal(cfg: RevealConfig, on_event: Callable[[dict], None] | None = None) ->
             drop_checkpoint(ckpt)
         elif cfg.resume and not ckpt.exists():
             emit({"kind": "note", "message": f"--resume: no checkpoint at {ckpt}; starting fresh"})
-    model, tok = load_model(cfg.model, dtype=cfg.dtype)
+    model, tok = load_model(cfg.model, **{"dtype": cfg.dtype, **load_kwargs(cfg.dtype)})
+    if fsdp_requested():  # accelerate launch --use_fsdp: each rank keeps 1/world of every decoder layer
+        for p in model.parameters():
+            p.requires_grad_(False)
+        shard_frozen(model)
     start = time.perf_counter()
     run = RevealRun(model, tok, cfg, emit, ckpt)
     try:

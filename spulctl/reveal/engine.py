@@ -121,16 +121,21 @@ class RevealRun:
 
     # ------------------------------------------------------------ checkpoint
     def _load_state(self) -> dict | None:
-        path = self._state_path()
-        if not (self.cfg.resume and path and path.exists()):
+        from spulctl.distributed import broadcast_json, world
+
+        path, saved = self._state_path(), None
+        if world()[0] == 0 and self.cfg.resume and path and path.exists():  # rank 0 holds the checkpoint
+            state = json.loads(path.read_text())
+            if state["config"] != self.cfg.to_dict():
+                raise DataError(f"--resume: {self.ckpt} was made with other options; drop --resume to start over")
+            lines = (self.ckpt / "records.jsonl").read_text().splitlines()[: state["kept"]]  # drop a torn tail
+            saved = {"state": state, "records": [json.loads(ln) for ln in lines]}
+        saved = broadcast_json(saved)
+        if saved is None:
             return None
-        state = json.loads(path.read_text())
-        if state["config"] != self.cfg.to_dict():
-            raise DataError(f"--resume: {self.ckpt} was made with other options; drop --resume to start over")
+        state, self.records = saved["state"], saved["records"]
         self.pool, self.generated, self.rounds = state["pool"], state["generated"], state["rounds"]
         self.history = [(int(a), float(r)) for a, r in state["history"]]
-        lines = (self.ckpt / "records.jsonl").read_text().splitlines()[: state["kept"]]  # drop a torn tail
-        self.records = [json.loads(ln) for ln in lines]
         self._write_records(self.records, mode="w")
         self.seen = {gen.normalise(r["text"]) for r in self.records}
         if self.records:
@@ -147,6 +152,7 @@ class RevealRun:
 
     def _write_records(self, records: list[dict], mode: str = "a") -> None:
         if self.ckpt:
+            self.ckpt.mkdir(parents=True, exist_ok=True)
             with open(self.ckpt / "records.jsonl", mode, encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
@@ -182,10 +188,7 @@ class RevealRun:
         owner = [j for j in range(len(arms)) for _ in range(cfg.samples_per_arm)][:left]  # arm slot per sample
         clock.lap("bandit")
         # sample: one batch, each row stopping where clean() would cut it
-        raw, ended = gen.sample_rows(self.model, self.tok, [self._prompt(asked[j]) for j in owner],
-                                     seed=cfg.seed * 100_003 + rnd, max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, top_p=cfg.top_p,
-                                     stop=lambda t: gen.finished(t, cfg.max_sentences))
+        raw, ended = self._sample([self._prompt(asked[j]) for j in owner], cfg.seed * 100_003 + rnd)
         self.generated += len(raw)
         clock.lap("generate")
         # a sample cut off by max_new_tokens mid-way through its first sentence is not a text: drop it
@@ -221,6 +224,27 @@ class RevealRun:
         self._save_state()
         self.emit({"kind": "reveal-round", "round": rnd, "kept": len(self.records), "generated": self.generated,
                    "reward": row["reward"], "total": cfg.n, "budget": cfg.budget})
+
+    def _sample(self, prompts: list[str], seed: int) -> tuple[list[str], list[bool]]:
+        """One continuation per prompt (:func:`spulctl.reveal.generate.sample_rows`). Several processes split the
+        rows (rank r samples rows r, r + world, ..., with its own seed) and gather them back in order; on a
+        sharded base every rank samples them all alike, so the ranks run the same forward passes."""
+        from spulctl.distributed import all_gather_json, sharded, world
+
+        cfg, (rank, size) = self.cfg, world()
+        split = size > 1 and not sharded()
+        mine = prompts[rank::size] if split else prompts
+        raw, ended = gen.sample_rows(self.model, self.tok, mine, seed=seed + (rank if split else 0),
+                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                     top_p=cfg.top_p, stop=lambda t: gen.finished(t, cfg.max_sentences)) \
+            if mine else ([], [])
+        if not split:
+            return raw, ended
+        texts: list[str] = [""] * len(prompts)
+        done = [False] * len(prompts)
+        for r, (part_raw, part_ended) in enumerate(all_gather_json([raw, ended])):
+            texts[r::size], done[r::size] = part_raw, part_ended
+        return texts, done
 
     def _prompt(self, instruction: str) -> str:
         if instruction not in self.prompts:
