@@ -18,9 +18,13 @@ The estimate adds up what a training step holds at its peak:
   everything. fp32, one gradient, AdamW's two moments.
 * **runtime** (CPU only: the process is the memory) — the Python/torch/transformers process before any model
   (:data:`CPU_RUNTIME_MIB`, measured) and the model fingerprint's transient fp32 copies of the input and output
-  embeddings. glibc's default allocator may keep freed activation buffers on its heap between steps of varying
-  shape (up to +40 % of the peak on SmolLM2 LoRA): the estimate is the live memory, which the process's peak RSS
-  matches under ``MALLOC_MMAP_THRESHOLD_=131072`` (docs/scaling.md).
+  embeddings.
+* **heap** (CPU only, not in ``total_mib``) — glibc's default allocator keeps freed activation buffers on its heap
+  (its mmap threshold rises after the first large frees), so the process's peak RSS exceeds the live memory by
+  about :data:`HEAP_RETAINED` of one slice's activations. ``total_mib`` is the live memory, which the peak RSS
+  matches under ``MALLOC_MMAP_THRESHOLD_=131072``; ``peak_rss_mib`` adds the heap term for the default allocator.
+  The factor was fitted on three SmolLM2 runs and checked on four others (docs/scaling.md,
+  benchmarks/plan_check.py).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from spulctl.errors import ModelError, SpulError
 
 MIB = 2**20
 CPU_RUNTIME_MIB = 230.0  # RSS of `import torch, transformers, spulctl` before any model (2-vCPU Linux, torch 2.x)
+HEAP_RETAINED = 0.5  # glibc default allocator: freed activation buffers kept, as a share of one slice's activations
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # a 4-bit code + an 8-bit absmax per 64 + an fp32 scale per 256 blocks
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 PROMPT_METHODS = {"spul", "hard_prompt", "icul"}
@@ -196,6 +201,9 @@ class PlanSettings:
         prompt_tokens: p. max_length: tokens of a batch's longest example (a batch is padded to it).
         retain: retain rows in the cached reference. lora_r: LoRA rank.
         quantization: none | 4bit | 8bit. dtype: auto | float32 | bfloat16 | float16. device: cpu | cuda.
+        processes: data-parallel ranks; each runs every processes-th example of a batch (the figures are per rank).
+        fsdp: the frozen decoder layers are sharded across the ranks (prompt methods only): a rank holds
+            1/processes of them plus two whole layers (the one running and the next, gathered ahead).
     """
 
     method: str = "spul"
@@ -209,8 +217,14 @@ class PlanSettings:
     quantization: str = "none"
     dtype: str = "auto"
     device: str = "cuda"
+    processes: int = 1
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise SpulError(f"--processes: must be >= 1, got {self.processes}")
+        if self.fsdp and (self.method not in PROMPT_METHODS or self.quantization != "none"):
+            raise SpulError("--fsdp: shards frozen, unquantized bases only (prompt methods: spul, hard_prompt, icul)")
         if self.method not in PROMPT_METHODS | LORA_METHODS:
             known = ", ".join(sorted(PROMPT_METHODS | LORA_METHODS))
             raise SpulError(f"--method {self.method}: expected one of {known}")
@@ -231,9 +245,14 @@ class PlanSettings:
         return DTYPE_BYTES[self.dtype] if self.dtype != "auto" else (2 if self.device == "cuda" else 4)
 
     @property
+    def per_rank(self) -> int:
+        """Examples of a batch one rank runs."""
+        return -(-self.batch_size // self.processes)
+
+    @property
     def slice(self) -> int:
-        """Examples that run through the model at once."""
-        return self.micro_batch if 0 < self.micro_batch < self.batch_size else self.batch_size
+        """Examples that run through one rank's model at once."""
+        return self.micro_batch if 0 < self.micro_batch < self.per_rank else self.per_rank
 
 
 def weight_bytes(shape: Shape, s: PlanSettings) -> float:
@@ -245,6 +264,8 @@ def weight_bytes(shape: Shape, s: PlanSettings) -> float:
         linear_bytes = linear + 4 * shape.layers * sum(o for _, o in shape.linear_shapes())  # int8 + fp32 row scale
     else:
         linear_bytes = linear * s.act_bytes
+    if s.fsdp and s.processes > 1:  # a shard of every layer + two whole layers (running, prefetched)
+        linear_bytes = linear_bytes / s.processes + 2 * linear_bytes / shape.layers
     return linear_bytes + shape.other_params() * s.act_bytes
 
 
@@ -273,8 +294,9 @@ def estimate(shape: Shape, s: PlanSettings) -> dict[str, Any]:
     """Peak memory of a training step, by component, in MiB.
 
     Returns:
-        ``{"components": {name: MiB}, "total_mib", "activations_whole_batch_mib", "tokens", "trainable_params",
-        "settings", "shape"}``; ``total_mib`` uses the micro-batch slice.
+        ``{"components": {name: MiB}, "total_mib", "activations_whole_batch_mib", "total_whole_batch_mib",
+        "heap_mib", "peak_rss_mib", "tokens", "trainable_params", "params", "settings", "shape"}``; ``total_mib``
+        (live memory) uses the micro-batch slice; ``peak_rss_mib`` (CPU: live + heap term) is None on CUDA.
     """
     tokens = s.max_length
     per_token = saved_per_token_layer(shape, s) * shape.layers * s.act_bytes
@@ -296,10 +318,12 @@ def estimate(shape: Shape, s: PlanSettings) -> dict[str, Any]:
     if s.device == "cpu":
         comp["runtime"] = CPU_RUNTIME_MIB * MIB + 2 * shape.vocab * shape.hidden * 4  # + fingerprint's copies
     mib = {k: v / MIB for k, v in comp.items()}
-    whole = activations(s.batch_size) / MIB
+    whole = activations(s.per_rank) / MIB
     total = sum(mib.values())
+    heap = HEAP_RETAINED * mib["activations"] if s.device == "cpu" else 0.0
     return {"components": mib, "total_mib": total, "activations_whole_batch_mib": whole,
             "total_whole_batch_mib": total + whole - mib["activations"],
+            "heap_mib": heap, "peak_rss_mib": total + heap if s.device == "cpu" else None,
             "tokens": tokens, "trainable_params": trainable, "params": shape.n_params(),
             "settings": asdict(s), "shape": asdict(shape)}
 

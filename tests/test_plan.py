@@ -13,6 +13,7 @@ from spulctl.cli import app
 from spulctl.errors import ModelError
 from spulctl.plan import (
     CPU_RUNTIME_MIB,
+    HEAP_RETAINED,
     KNOWN_CONFIGS,
     MIB,
     NF4_BYTES,
@@ -45,6 +46,32 @@ def test_a_tiny_config_matches_hand_computation():
     assert got["trainable"] == got["gradients"] == pytest.approx(5 * 64 * 4)
     assert got["optimizer"] == pytest.approx(2 * 5 * 64 * 4)
     assert got["runtime"] == pytest.approx(CPU_RUNTIME_MIB * MIB + 2 * 100 * 64 * 4)
+
+
+def test_the_heap_term_is_cpu_only_and_outside_the_live_total():
+    shape = shape_from_config(SMOLLM2)
+    cpu = estimate(shape, PlanSettings(method="ga", batch_size=16, micro_batch=4, max_length=40, device="cpu"))
+    assert cpu["total_mib"] == pytest.approx(sum(cpu["components"].values()))  # live memory only
+    assert cpu["heap_mib"] == pytest.approx(HEAP_RETAINED * cpu["components"]["activations"])  # one slice's
+    assert cpu["peak_rss_mib"] == pytest.approx(cpu["total_mib"] + cpu["heap_mib"])
+    gpu = estimate(shape, PlanSettings(method="ga", batch_size=16, micro_batch=4, max_length=40, device="cuda"))
+    assert gpu["heap_mib"] == 0 and gpu["peak_rss_mib"] is None
+
+
+def test_ranks_split_the_batch_and_fsdp_shards_the_layers():
+    shape = shape_from_config(KNOWN_CONFIGS["llama-2-70b"])
+    one = PlanSettings(batch_size=16, max_length=128)
+    dp = PlanSettings(batch_size=16, max_length=128, processes=8)
+    fsdp = PlanSettings(batch_size=16, max_length=128, processes=8, fsdp=True)
+    assert (one.slice, dp.slice, PlanSettings(batch_size=16, processes=3).slice) == (16, 2, 6)
+    e1, e8, ef = (estimate(shape, s) for s in (one, dp, fsdp))
+    assert e8["components"]["weights"] == e1["components"]["weights"]  # data parallelism replicates the base
+    assert e8["components"]["activations"] < e1["components"]["activations"]
+    linear = shape.linear_params() * 2  # bf16 on CUDA
+    expected = linear / 8 + 2 * linear / shape.layers + shape.other_params() * 2
+    assert ef["components"]["weights"] * MIB == pytest.approx(expected)
+    assert ef["components"]["activations"] == e8["components"]["activations"]
+    assert ef["total_mib"] < e1["total_mib"] / 4  # 70B: what makes one GPU enough
 
 
 def test_parameter_counts_match_the_real_models():
@@ -111,6 +138,8 @@ def test_cli_prints_a_table_and_json(tmp_path: Path):
     ["--model", "llama-2-7b", "--load-in-4bit", "--load-in-8bit"],
     ["--model", "llama-2-7b", "--method", "nope"],
     ["--model", "llama-2-7b", "--batch-size", "0"],
+    ["--model", "llama-2-7b", "--processes", "0"],
+    ["--model", "llama-2-7b", "--method", "ga", "--processes", "2", "--fsdp"],
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
