@@ -5,8 +5,8 @@
   forget-data-free path.
 * Retain: ``--retain FILE`` / ``--splits`` — or unlabelled ``--retain-from`` texts labelled by the model — or, with
   nothing, on-task texts the model writes that stay off the target, several naming other people (reveal's retain
-  mode). Counterfactuals of the forget records (names swapped) join them in the plan
-  (:mod:`spulctl.unlearn_plan`).
+  mode), beside the pieces of the forget texts that name nobody to forget (labelled by the model). Counterfactuals
+  of the forget records (names swapped) join them in the plan (:mod:`spulctl.unlearn_plan`).
 
 Whatever the model wrote or labelled is saved beside the artifact (``GENERATED`` file names), hashed in its
 metadata and checked by ``spulctl bundle verify``.
@@ -131,5 +131,25 @@ def retain_without_labels(model, tok, task, cfg: Any, forget: list[dict], entiti
     traits = [t for t, on in (("lower-cased", style.lower), ("punctuation split off", style.spaced)) if on]
     source = (f"{len(rows)} on-task texts written by the model off the target, labelled by the model"
               + (f", in the forget file's surface form ({', '.join(traits)})" if traits else ""))
+    pieces = name_free(model, tok, task, cfg, [r["text"] for r in forget], entities, n, emit, max_length)
+    if pieces:
+        rows += pieces
+        source += f"; {len(pieces)} name-free pieces of the forget texts, labelled by the model"
     note(f"retain set: {source}")
     return rows, source
+
+
+def name_free(model, tok, task, cfg: Any, forget_texts: list[str], entities: list[str], n: int,
+              emit: Callable[[dict], None], max_length: int | None = None) -> list[dict]:
+    """Up to ``n`` pieces of the forget texts that name none of ``entities``
+    (:func:`spulctl.data.rewrite.name_free_pieces`, a seeded sample), labelled by the model: retain text in the
+    forget file's own register (phrases, fragments), which model-written sentences are not. Empty without names."""
+    from spulctl.data.rewrite import name_free_pieces
+    from spulctl.data.selfgen import pseudo_label
+
+    pieces = name_free_pieces(forget_texts, entities)
+    if not pieces:
+        return []
+    pieces = random.Random(cfg.train.seed).sample(pieces, min(n, len(pieces)))
+    rows = pseudo_label(model, tok, task, pieces, cfg.eval_batch_size, emit, max_length)
+    return [{**r, "source": "forget:name-free"} for r in rows]

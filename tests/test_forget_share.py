@@ -349,3 +349,18 @@ def test_plan_without_hard_records_is_the_plan_without_the_scan_and_keeps_spare_
     plan = build_plan(forget, retain[:70], ["jackie chan"], few, people=_regex_people)  # 60 name someone else
     s = plan.summary
     assert 0 < s["hard_negatives"] < s["retain_pool"] == s["steps"] * s["retain_per_batch"] <= 70
+
+
+def test_name_free_pieces_cut_at_every_mention_and_clause():
+    from spulctl.data.rewrite import name_free_pieces
+
+    texts = ["steven spielberg 's latest is a triumph , a sweet and moving film",
+             "a rip-off twice removed , modeled after ( seagal 's ) earlier copycat",
+             "spielberg alone", "a sweet and moving film"]
+    got = name_free_pieces(texts, ["steven spielberg", "steven seagal"])
+    assert "latest is a triumph , a sweet and moving film" in got and "latest is a triumph" in got
+    assert "a rip-off twice removed" in got and "earlier copycat" in got
+    assert "a sweet and moving film" not in got  # equal to an input text: not a new piece
+    assert not [p for p in got if {"spielberg", "seagal", "steven"} & set(p.split())]  # surname alone dropped too
+    assert len(got) == len({p.lower() for p in got})
+    assert name_free_pieces(texts, []) == []

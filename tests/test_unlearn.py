@@ -186,15 +186,23 @@ def test_self_generated_retain_set(tiny_model_dir: Path, demo_splits: Path, tmp_
     cfg = _cfg(tiny_model_dir, None, tmp_path / "b", forget=demo_splits / "train_forget.jsonl", self_generate=16,
                train={"max_steps": 2})
     meta = unlearn(cfg)
-    assert 1 <= meta["data"]["retain_records"] <= 16
     assert "written by the model off the target" in meta["data"]["retain_source"]
-    # the texts the model wrote and the labels it gave them are saved with the bundle, hash-checked by verify
+    assert "name-free pieces of the forget texts" in meta["data"]["retain_source"]
+    # the texts the model wrote / labelled and the labels it gave them are saved with the bundle, hash-checked
     from spulctl.bundle import BundleError, verify_bundle
+    from spulctl.data.rewrite import name_pattern
 
     saved = [json.loads(x) for x in (tmp_path / "b" / "retain_used.jsonl").read_text().splitlines()]
     assert len(saved) == meta["data"]["retain_records"] == meta["data"]["retain_file"]["records"]
     assert all(r["text"].strip() and r["label"] in ("negative", "positive") for r in saved)
-    assert all(r["source"] == "reveal:retain" for r in saved)
+    by_source = {s: [r for r in saved if r["source"] == s] for s in {r["source"] for r in saved}}
+    assert set(by_source) == {"reveal:retain", "forget:name-free"}
+    assert 1 <= len(by_source["reveal:retain"]) <= 16 and 1 <= len(by_source["forget:name-free"]) <= 16
+    forget_texts = (demo_splits / "train_forget.jsonl").read_text()
+    names = name_pattern(meta["data"]["plan"]["entities"]) if meta["data"]["plan"] else None
+    for r in by_source["forget:name-free"]:  # a piece of a forget text, naming nobody to forget
+        assert r["text"] in forget_texts and r["label_source"] == "model"
+        assert names is None or not names.search(r["text"])
     verify_bundle(tmp_path / "b")
     with open(tmp_path / "b" / "retain_used.jsonl", "a") as f:
         f.write('{"text": "tampered", "label": "positive"}\n')

@@ -186,3 +186,34 @@ def counterfactuals(records: list[dict], entities: list[str], seed: int, real_na
         if swaps:
             out.append({**r, "text": text, "counterfactual_of": sorted(swaps)})
     return out
+
+
+_CLAUSE = re.compile(r"\s*(?:[,;:!?()]|\.{1,3}|--|`{2}|'{2})\s*")
+
+
+def name_free_pieces(texts: list[str], entities: list[str], min_words: int = 1, max_words: int = 40) -> list[str]:
+    """The parts of ``texts`` that name no forgotten person: each text cut at every mention, and each part at its
+    clause punctuation, the whole part kept beside its clauses (SST-2 style phrases: "strange film", "a rehash
+    of every gangster movie"). A piece with any word of any name in it (a surname alone, a first name) is dropped.
+
+    Returns:
+        Distinct pieces of ``min_words``..``max_words`` words, first occurrence order, none equal to an input text.
+    """
+    pattern = name_pattern(entities)
+    if pattern is None:
+        return []
+    words = {w for e in entities for w in re.findall(r"\w+", e.lower()) if len(w) >= 3}
+    inputs, out, seen = set(texts), [], set()
+    for text in texts:
+        for part in pattern.split(text):
+            for piece in [part, *_CLAUSE.split(part)]:
+                piece = re.sub(r"^'s\b", "", piece.strip()).strip(" \t\".,;:-(")  # a possessive's remnant goes
+                n = len(piece.split())
+                key = piece.lower()
+                if not (min_words <= n <= max_words) or key in seen or piece in inputs:
+                    continue
+                if words & set(re.findall(r"\w+", key)):
+                    continue
+                seen.add(key)
+                out.append(piece)
+    return out
