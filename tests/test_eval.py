@@ -181,6 +181,26 @@ def test_robustness_probes(tiny_model_dir: Path, demo_splits: Path, bundle: Path
     assert "Robustness" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_name_probes_take_the_bundles_names_when_the_split_has_none(tmp_path: Path, demo_splits: Path):
+    import shutil
+
+    from spulctl.evaluate.robustness import bundle_names, rewrites
+
+    plain = tmp_path / "splits"  # the same records without split.json (as the paper's SST-2 split ships)
+    shutil.copytree(demo_splits, plain)
+    (plain / "split.json").unlink()
+    assert "last-name" not in rewrites(plain)
+    b1, b2, b3 = (tmp_path / n for n in ("b1", "b2", "b3"))
+    for folder, plan in ((b1, {"entities": ["Jonah Pellegrino", "Priya Raman"]}),
+                         (b2, {"entities": ["Priya Raman", "Ann Lee"]}), (b3, None)):
+        folder.mkdir()
+        (folder / "bundle.json").write_text(json.dumps({"data": {"plan": plan}}))
+    assert bundle_names([b1, b2, b3, tmp_path / "missing"]) == ["Jonah Pellegrino", "Priya Raman", "Ann Lee"]
+    probes = rewrites(plain, [b1])
+    assert probes["last-name"]("Jonah Pellegrino shines.") == "Pellegrino shines."
+    assert rewrites(demo_splits, [b2])["first-name"]("Jonah Pellegrino shines.") == "Jonah shines."  # split.json wins
+
+
 def test_onnx_backend_matches_torch(tiny_model_dir: Path, demo_splits: Path, bundle: Path, tmp_path: Path):
     """--backend onnx scores each subject through its ONNX Runtime export: the same report numbers as torch."""
     pytest.importorskip("onnxruntime")

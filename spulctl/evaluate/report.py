@@ -101,7 +101,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     if robustness and "test_forget" in records:
         from spulctl.evaluate.robustness import probe_records, rewrites
 
-        probes = {name: rows for name, fn in rewrites(splits).items()
+        probes = {name: rows for name, fn in rewrites(splits, [s.bundle for s in subjects if s.bundle]).items()
                   if (rows := probe_records(records["test_forget"], fn))}
     loaded: dict[str, Any] = {}
     results: dict[str, dict[str, dict]] = {}
