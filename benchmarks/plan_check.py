@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "plan_cpu.json")
     ap.add_argument("--only", choices=["fit", "check"], help="run only these configurations")
     args = ap.parse_args()
+    if args.only and args.out == ap.get_default("out"):  # a partial run does not replace the full results
+        args.out = args.out.with_name(f"plan_cpu.{args.only}.json")
     rows = []
     base_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -255,8 +255,8 @@ class PromptedClassifier:
             (the decoded top-1 token), ``scores`` (log-probabilities of the label words' first tokens),
             ``truncated`` (the text was cut to fit ``max_length``).
         """
-
         from spulctl.data.task import encode
+        from spulctl.distributed import inference
         from spulctl.step import bucketed_batches, collate, prompted_logits
 
         words = self.task.label_words
@@ -265,7 +265,6 @@ class PromptedClassifier:
         out: list[dict[str, Any]] = [{} for _ in texts]
         first = self.vocab.first_label_ids
         generic = {g[0]: w for g, w in zip(self.vocab.generic_ids, self.task.generic_labels, strict=True)}
-        from spulctl.distributed import inference
         with inference():
             for idx in bucketed_batches([len(e.input_ids) for e in examples], self.batch_size, seed=None):
                 batch = collate([examples[i] for i in idx], self.tokenizer.pad_token_id, idx).to(self.device)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,7 @@ def _on_cpu() -> bool:
 
 
 def rank_device() -> str:
+    """This rank's device: ``cpu`` (gloo), or ``cuda:LOCAL_RANK`` (NCCL needs the tensors there)."""
     return "cpu" if _on_cpu() else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 
@@ -86,7 +88,7 @@ def broadcast_json(obj: Any) -> Any:
     buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev) if rank == 0
            else torch.empty(int(n), dtype=torch.uint8, device=dev))
     dist.broadcast(buf, 0)
-    return json.loads(bytes(buf.cpu().tolist()).decode()) if rank else obj
+    return json.loads(buf.cpu().numpy().tobytes().decode()) if rank else obj
 
 
 def broadcast_tensors(tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -122,11 +124,31 @@ def all_gather_json(obj: Any) -> list[Any]:
     sizes = [torch.zeros_like(n) for _ in range(size)]
     dist.all_gather(sizes, n)
     longest = int(max(s.item() for s in sizes))
-    buf = torch.zeros(longest, dtype=torch.uint8, device=dev)
-    buf[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else buf[:0]
+    buf = torch.zeros(longest, dtype=torch.uint8)
+    buf[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    buf = buf.to(dev)
     bufs = [torch.empty_like(buf) for _ in range(size)]
     dist.all_gather(bufs, buf)
-    return [json.loads(bytes(b[:int(s.item())].cpu().tolist()).decode()) for b, s in zip(bufs, sizes, strict=True)]
+    return [json.loads(b[:int(s.item())].cpu().numpy().tobytes().decode()) for b, s in zip(bufs, sizes, strict=True)]
+
+
+def from_rank0(read: Callable[[], Any]) -> Any:
+    """``read()`` on rank 0 (it holds the checkpoint directory), its JSON-able result on every rank. A
+    :class:`~spulctl.errors.SpulError` raised by ``read`` is raised on every rank, so no rank is left waiting in the
+    next collective and the run ends with the one-line error."""
+    rank, size = world()
+    if size == 1:
+        return read()
+    got = None
+    if rank == 0:
+        try:
+            got = {"value": read()}
+        except SpulError as exc:
+            got = {"error": str(exc)}
+    got = broadcast_json(got)
+    if "error" in got:
+        raise SpulError(got["error"])
+    return got["value"]
 
 
 def fsdp_requested() -> bool:
@@ -164,16 +186,17 @@ def shard_frozen(model: nn.Module, trains_base: bool = False) -> int:
     from torch.distributed.fsdp import fully_shard
 
     _rank, size = world()
-    if trains_base or any(p.requires_grad for p in model.parameters()):
-        raise SpulError("FSDP shards frozen bases only: LoRA and full fine-tuning methods run data-parallel "
-                        "(launch without --use_fsdp)")
-    if getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None):
-        raise SpulError("FSDP with a quantized base (--load-in-4bit/--load-in-8bit) is not supported: drop one")
+    _refuse(trains_base or any(p.requires_grad for p in model.parameters()),
+            bool(getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None)))
     kinds = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in kinds]
+    picked = [name for name, m in model.named_modules() if type(m).__name__ in kinds]
+    outer = [n for n in picked if not any(n.startswith(f"{o}.") for o in picked)]  # nested ones go with their parent
+    layers = [model.get_submodule(n) for n in outer]
     if not layers:
         raise SpulError(f"FSDP: {type(model).__name__} names no decoder layer class (_no_split_modules) to shard")
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "0")
+    # accelerate passes true/false, or FSDP1 strategy names: only FULL_SHARD reshards after the forward
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in (
+        "false", "0", "no_reshard", "shard_grad_op", "2", "3")
     mesh = init_device_mesh("cpu" if _on_cpu() else "cuda", (size,))
     for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
@@ -190,12 +213,26 @@ def lockstep(counts: list[int]) -> int:
     return max(counts) if sharded() else counts[world()[0]]
 
 
-def load_kwargs(dtype: str) -> dict[str, str]:
+def load_kwargs(dtype: str, trains_base: bool = False, quantized: bool = False) -> dict[str, str]:
     """``load_model`` arguments for an FSDP run: load on the CPU (the layers reach the GPU as shards), in the dtype
-    ``auto`` would pick on the GPU. Empty when FSDP is off."""
+    ``auto`` would pick on the GPU. Empty when FSDP is off.
+
+    Raises:
+        SpulError: FSDP asked for a method that trains weights inside the layers, or a quantized base (checked
+            before anything is loaded).
+    """
     if not fsdp_requested():
         return {}
+    _refuse(trains_base, quantized)
     return {"device": "cpu", "dtype": "bfloat16" if dtype == "auto" and not _on_cpu() else dtype}
+
+
+def _refuse(trains_base: bool, quantized: bool) -> None:
+    if trains_base:
+        raise SpulError("FSDP shards frozen bases only: LoRA and full fine-tuning methods run data-parallel "
+                        "(launch without --use_fsdp)")
+    if quantized:
+        raise SpulError("FSDP with a quantized base (--load-in-4bit/--load-in-8bit) is not supported: drop one")
 
 
 def inference() -> Any:

@@ -223,6 +223,8 @@ class PlanSettings:
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise SpulError(f"--processes: must be >= 1, got {self.processes}")
+        if self.fsdp and self.processes < 2:
+            raise SpulError("--fsdp: shards across ranks; give --processes N (N >= 2)")
         if self.fsdp and (self.method not in PROMPT_METHODS or self.quantization != "none"):
             raise SpulError("--fsdp: shards frozen, unquantized bases only (prompt methods: spul, hard_prompt, icul)")
         if self.method not in PROMPT_METHODS | LORA_METHODS:

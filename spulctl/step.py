@@ -7,7 +7,7 @@ them alone: ``[B, K, d] @ [d, V]`` instead of the ``[B, T, V]`` logits a plain `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -199,8 +199,8 @@ def compile_prefix(model: nn.Module, prompt: torch.Tensor) -> list[tuple[torch.T
 
     What a bundle stores as its compiled prefix and what an export feeds the graph as past keys/values.
     """
-
     from spulctl.distributed import inference
+
     with inference():
         cache = prompt_prefix_cache(model, prompt.to(next(model.parameters()).dtype), 1)
         return [(layer.keys.float().contiguous().clone(), layer.values.float().contiguous().clone())
@@ -222,6 +222,10 @@ def _states(model: nn.Module, batch: Batch, prompt: torch.Tensor | None, opts: S
     """
     import torch
 
+    from spulctl.distributed import sharded
+
+    if opts.shared_prefix and sharded():  # FSDP: every batch one pass, so all ranks run as many (lockstep)
+        opts = replace(opts, shared_prefix=False)
     body, _ = body_and_head(model)
     b, p = len(batch), 0 if prompt is None else prompt.shape[0]
     # Shared tokens: not while training with dropout (one mask would serve every row), and without a prompt only

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from spulctl.distributed import lockstep, world
+from spulctl.distributed import broadcast_tensors, from_rank0, lockstep, world
 from spulctl.errors import SpulError
 from spulctl.io import sha256_text, write_json_atomic
 
@@ -144,7 +144,9 @@ def forward_backward(objective: Objective, indices: list[int], micro_batch: int 
     """Loss and gradients (accumulated into ``.grad``) of one batch, in slices of ``micro_batch`` examples.
 
     In a data-parallel run each rank takes every world-th example of the batch, computes its share of the whole
-    batch's loss, and the ranks' gradients are summed: the same step as one process with the same batch.
+    batch's loss, and the ranks' gradients are summed: the same step as one process with the same batch. On a
+    sharded base (FSDP) a rank with fewer slices than another runs padding passes (one example, loss × 0), so that
+    every rank runs as many passes through the sharded layers.
 
     Returns:
         The batch's loss parts (detached): the sum of the slices' shares.
@@ -237,13 +239,18 @@ def fit(objective: Objective, cfg: TrainConfig, ckpt_dir: str | Path | None = No
              "evals": [], "best": None}
     best: dict[str, torch.Tensor] = {}
     torch.manual_seed(cfg.seed)
-    saved = None  # rank 0 reads the checkpoint and hands it to every rank: a run resumes at any world size
-    if rank == 0 and ckpt_dir is not None and resume and (Path(ckpt_dir) / CKPT_STATE).is_file():
-        saved = _read_checkpoint(Path(ckpt_dir), key)
-    if size > 1:
-        saved = _share_checkpoint(saved)
+    held: dict[str, dict] = {}
+
+    def read() -> dict | None:  # rank 0 holds the checkpoint directory
+        if not (ckpt_dir is not None and resume and (Path(ckpt_dir) / CKPT_STATE).is_file()):
+            return None
+        saved, held["tensors"] = _read_checkpoint(Path(ckpt_dir), key)
+        return saved
+
+    saved = from_rank0(read)  # rank 0's checkpoint on every rank: a run resumes at any world size
     if saved is not None:
-        state, best = _apply_checkpoint(*saved, dict(zip(names, params, strict=True)), opt, sched)
+        tensors = broadcast_tensors(held.get("tensors"))
+        state, best = _apply_checkpoint(saved, tensors, dict(zip(names, params, strict=True)), opt, sched)
     resumed_from = state["global_step"]
     emit({"kind": "start", "total": total, "resumed_from": resumed_from, "examples": len(lengths)})
     t0, seen = time.perf_counter(), 0
@@ -339,16 +346,6 @@ def _read_checkpoint(folder: Path, key: str) -> tuple[dict, dict[str, torch.Tens
         raise TrainingError(f"{folder}: checkpoint belongs to a different run (other settings or data); "
                             "remove it or pass --overwrite")
     return state, load_file(str(folder / state.pop("tensors")))
-
-
-def _share_checkpoint(saved: tuple[dict, dict] | None) -> tuple[dict, dict] | None:
-    """Rank 0's checkpoint (or its absence) on every rank of a data-parallel run."""
-    from spulctl.distributed import broadcast_json, broadcast_tensors
-
-    state = broadcast_json(saved[0] if saved is not None else None)
-    if state is None:
-        return None
-    return state, broadcast_tensors(saved[1] if saved is not None else None)
 
 
 def _apply_checkpoint(state: dict, tensors: dict, named: dict, opt, sched) -> tuple[dict, dict]:

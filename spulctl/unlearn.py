@@ -214,15 +214,15 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     if quantization != "none" and method_cls.artifact != "bundle":
         raise SpulError(f"--load-in-{quantization}: only for prompt methods (spul, hard_prompt, icul); {cfg.method} "
                         "writes fine-tuned weights into the base")
-    load = {"dtype": cfg.dtype, **load_kwargs(cfg.dtype)}  # FSDP: loaded on the CPU, sharded below
+    trains_base = method_cls.artifact != "bundle"  # FSDP: refused here if it cannot be, else loaded on the CPU
+    load = {"dtype": cfg.dtype, **load_kwargs(cfg.dtype, trains_base, quantization != "none")}
     model, tok = load_model(cfg.model, progress=note, quantization=quantization, **load)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
     base_fp = fingerprint(model)
     if fsdp_requested():  # accelerate launch --use_fsdp: every rank keeps 1/world of each decoder layer
-        n = shard_frozen(model, trains_base=method_cls.artifact != "bundle")
-        note(f"FSDP: {n} frozen decoder layers sharded across {world()[1]} processes")
+        note(f"FSDP: {shard_frozen(model, trains_base)} frozen decoder layers sharded across {world()[1]} processes")
     vocab = label_vocab(task, tok)
     from spulctl.data.split import forget_entities, infer_forget_entities
     from spulctl.unlearn_data import retain_without_labels, revealed_forget

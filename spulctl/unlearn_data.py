@@ -103,7 +103,8 @@ def retain_without_labels(model, tok, task, cfg: Any, forget: list[dict], entiti
     """Retain records when no labelled retain data was given: ``--retain-from`` texts labelled by the model, or
     texts the model writes off the target (reveal's retain mode; ``cfg.self_generate`` of them, 0 = half the forget
     set within [256, 1024]), given the forget records' surface form (:mod:`spulctl.data.style`) so that the prompt
-    cannot tell the two apart by case or tokenisation.
+    cannot tell the two apart by case or tokenisation, plus as many name-free pieces of the forget texts
+    (:func:`name_free`) when the names are known: up to twice ``cfg.self_generate`` records in all.
 
     Raises:
         DataError: nothing left to retain.

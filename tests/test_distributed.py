@@ -96,12 +96,15 @@ def _launch(tmp_path: Path, port: int, *args: str, fsdp: bool = False) -> subpro
 def test_fsdp_shards_the_frozen_base_and_gives_the_single_process_bundle(tiny_model_dir: Path, demo_splits: Path,
                                                                           tmp_path: Path):
     """Batches of 5 in micro-batches of 2: rank 0 runs 2 slices a step, rank 1 one, so the sharded base only works
-    if the ranks pad to the same number of passes; the reference rows are computed shard-wise and summed."""
+    if the ranks pad to the same number of passes; the reference rows are computed shard-wise and summed (92 rows
+    in 3 batches: rank 1 pads one). `--no-cached-reference` is overridden under FSDP (a forget-only slice would run
+    one pass and a mixed one two); the single process computes that reference live, to the same numbers."""
     from safetensors.torch import load_file
 
     common = ["--model", str(tiny_model_dir), "--splits", str(demo_splits), "-p", "4", "--max-steps", "3",
               "--batch-size", "5", "--micro-batch", "2", "--eval-limit", "0", "--retain-limit", "20",
-              "--no-report-before", "--no-select", "--prompt-init", "random", "--kernels", "torch"]
+              "--no-report-before", "--no-select", "--prompt-init", "random", "--kernels", "torch",
+              "--no-cached-reference"]
     one = subprocess.run([sys.executable, "-m", "spulctl", "unlearn", "-o", str(tmp_path / "one"), *common],
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -130,15 +133,17 @@ from pathlib import Path
 from spulctl.train import TrainConfig
 from spulctl.unlearn import UnlearnConfig, unlearn
 
-def cfg(model, splits, out):
+def cfg(model, splits, out, lr=2e-2):
     return UnlearnConfig(model=str(model), splits=Path(splits), out=Path(out), prompt_tokens=4, eval_limit=0,
                          retain_limit=60, forget_share=0.0, prompt_encoder="mlp", prompt_init="vocab",
                          report_before=False, kernels="torch",
-                         train=TrainConfig(lr=2e-2, epochs=1, batch_size=8, seed=0, checkpoint_every=2, max_steps=6))
+                         train=TrainConfig(lr=lr, epochs=1, batch_size=8, seed=0, checkpoint_every=2, max_steps=6))
 
 if __name__ == "__main__":
     if sys.argv[3] == "resume":
         unlearn(cfg(sys.argv[1], sys.argv[2], sys.argv[4]), resume=True)
+    if sys.argv[3] == "resume-other-lr":
+        unlearn(cfg(sys.argv[1], sys.argv[2], sys.argv[4], lr=1e-2), resume=True)
 """
 
 
@@ -165,6 +170,11 @@ def test_a_run_killed_in_one_process_resumes_in_two(tiny_model_dir: Path, demo_s
     with pytest.raises(KeyboardInterrupt):
         unlearn(mod.cfg(tiny_model_dir, demo_splits, tmp_path / "killed"), on_event=kill)
     assert (tmp_path / ".killed.ckpt" / "checkpoint.json").is_file()
+    # another run's checkpoint: rank 0 finds out, and every rank raises its error (none is left waiting)
+    other = _launch(tmp_path, 29524, str(script), str(tiny_model_dir), str(demo_splits), "resume-other-lr",
+                    str(tmp_path / "killed"))
+    assert other.returncode != 0
+    assert (other.stdout + other.stderr).count("checkpoint belongs to a different run") >= 2
     two = _launch(tmp_path, 29521, str(script), str(tiny_model_dir), str(demo_splits), "resume",
                   str(tmp_path / "killed"))
     assert two.returncode == 0, two.stderr[-3000:]

@@ -364,3 +364,5 @@ def test_name_free_pieces_cut_at_every_mention_and_clause():
     assert not [p for p in got if {"spielberg", "seagal", "steven"} & set(p.split())]  # surname alone dropped too
     assert len(got) == len({p.lower() for p in got})
     assert name_free_pieces(texts, []) == []
+    rock = name_free_pieces(["the rock is back , and the film is fun"], ["the rock"])
+    assert rock == ["is back , and the film is fun", "is back", "and the film is fun"]  # "the" alone marks nobody

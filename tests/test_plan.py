@@ -140,6 +140,7 @@ def test_cli_prints_a_table_and_json(tmp_path: Path):
     ["--model", "llama-2-7b", "--batch-size", "0"],
     ["--model", "llama-2-7b", "--processes", "0"],
     ["--model", "llama-2-7b", "--method", "ga", "--processes", "2", "--fsdp"],
+    ["--model", "llama-2-7b", "--fsdp"],
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -188,13 +188,24 @@ def counterfactuals(records: list[dict], entities: list[str], seed: int, real_na
     return out
 
 
+def _stop_words() -> frozenset[str]:
+    """English function words ("the", "will"), which a name may contain but which mark nobody on their own:
+    spaCy's list when spaCy is installed, else none."""
+    try:
+        from spacy.lang.en.stop_words import STOP_WORDS
+    except ImportError:
+        return frozenset()
+    return frozenset(STOP_WORDS)
+
+
 _CLAUSE = re.compile(r"\s*(?:[,;:!?()]|\.{1,3}|--|`{2}|'{2})\s*")
 
 
 def name_free_pieces(texts: list[str], entities: list[str], min_words: int = 1, max_words: int = 40) -> list[str]:
     """The parts of ``texts`` that name no forgotten person: each text cut at every mention, and each part at its
     clause punctuation, the whole part kept beside its clauses (SST-2 style phrases: "strange film", "a rehash
-    of every gangster movie"). A piece with any word of any name in it (a surname alone, a first name) is dropped.
+    of every gangster movie"). A piece with any word of any name in it (a surname alone, a first name) is dropped;
+    function words inside names ("the" of "the rock") do not count as names.
 
     Returns:
         Distinct pieces of ``min_words``..``max_words`` words, first occurrence order, none equal to an input text.
@@ -202,7 +213,7 @@ def name_free_pieces(texts: list[str], entities: list[str], min_words: int = 1, 
     pattern = name_pattern(entities)
     if pattern is None:
         return []
-    words = {w for e in entities for w in re.findall(r"\w+", e.lower()) if len(w) >= 3}
+    words = {w for e in entities for w in re.findall(r"\w+", e.lower()) if len(w) >= 3} - _stop_words()
     inputs, out, seen = set(texts), [], set()
     for text in texts:
         for part in pattern.split(text):

@@ -58,6 +58,7 @@ def predict(
     import numpy as np
     import torch
 
+    from spulctl.distributed import inference
     from spulctl.step import answer_logits, bucketed_batches, collate
 
     logits_fn = logits_fn or answer_logits
@@ -68,7 +69,6 @@ def predict(
     first = torch.tensor(vocab.first_label_ids, device=device)
     generic_first = torch.tensor([g[0] for g in vocab.generic_ids], device=device)
     batches = bucketed_batches([len(e.input_ids) for e in examples], batch_size, seed=None)
-    from spulctl.distributed import inference
     with inference():
         for idx in batches:
             batch = collate([examples[i] for i in idx], pad_id, idx).to(device)

@@ -72,6 +72,7 @@ def generate_answers(model: nn.Module, tok: Any, spec: NerTaskSpec, texts: list[
     import torch
 
     from spulctl.data.truncate import fit_prompts, resolve_max_length
+    from spulctl.distributed import inference, sharded
 
     max_length = max_length or resolve_max_length(model.config)
     prompts, cut = fit_prompts(texts, spec, tok, [max(1, max_length - spec.max_new_tokens)] * len(texts))
@@ -87,8 +88,9 @@ def generate_answers(model: nn.Module, tok: Any, spec: NerTaskSpec, texts: list[
         for j, i in enumerate(rows):
             ids[j, t - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[j, t - len(prompts[i]):] = 1
-        with torch.inference_mode():
+        with inference():  # every rank of a sharded base generates the same batches, in step (synced_gpus)
             new = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 synced_gpus=sharded(),
                                  max_new_tokens=spec.max_new_tokens, pad_token_id=pad,
                                  eos_token_id=tok.eos_token_id)[:, t:]  # (b, <= max_new_tokens)
         for j, i in enumerate(rows):

@@ -150,7 +150,9 @@ def reference_hidden(model: nn.Module, examples: list[Encoded], pad_id: int, cac
     """Unprompted final hidden state at each example's answer position, computed once and cached.
 
     The file is safetensors with the run key in its metadata; a file for other data or another model is
-    recomputed, never trusted.
+    recomputed, never trusted. Several processes: rank 0's file (it holds the checkpoint directory) is broadcast;
+    without one, rank r computes batches r, r + world, ... and the rows are summed across the ranks (each row is
+    written by one rank); on a sharded base a rank with fewer batches runs a padding pass whose rows it drops.
 
     Returns:
         (n, d) fp32 rows, in ``examples`` order.
@@ -159,7 +161,7 @@ def reference_hidden(model: nn.Module, examples: list[Encoded], pad_id: int, cac
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from spulctl.distributed import broadcast_tensors, lockstep, world
+    from spulctl.distributed import broadcast_tensors, inference, lockstep, rank_device, world
     from spulctl.step import answer_hidden, bucketed_batches, collate
 
     cached = None
@@ -168,32 +170,28 @@ def reference_hidden(model: nn.Module, examples: list[Encoded], pad_id: int, cac
             if (f.metadata() or {}).get("key") == key:
                 cached = f.get_tensor("hidden")
     rank, size = world()
-    if size > 1:  # rank 0 holds the checkpoint directory: its cache (or its absence) goes to every rank
+    if size > 1:
         cached = broadcast_tensors({"hidden": cached} if cached is not None else None).get("hidden")
     if cached is not None:
         return cached
     device = next(model.parameters()).device
     out = torch.zeros(len(examples), model.config.hidden_size)
-    emit({"kind": "eval-start", "split": "reference", "total": len(examples)})
     batches = bucketed_batches([len(e.input_ids) for e in examples], batch_size, seed=None)
-    mine = batches[rank::size]  # data-parallel: each rank computes every world-th batch, then the rows are summed
-    from spulctl.distributed import inference
+    mine = batches[rank::size]
+    emit({"kind": "eval-start", "split": "reference", "total": sum(len(b) for b in mine)})
     with inference():
-        counts = [len(batches[r::size]) for r in range(size)]
-        for j in range(lockstep(counts)):  # a sharded base: every rank runs as many passes as the busiest
+        for j in range(lockstep([len(batches[r::size]) for r in range(size)])):
             idx = mine[j] if j < len(mine) else batches[0]
             batch = collate([examples[i] for i in idx], pad_id, idx).to(device)
             rows = answer_hidden(model, batch)[:, 0].float().cpu()  # (b, d) at the answer position
             if j < len(mine):
                 out[idx] = rows
-                emit({"kind": "eval-step", "split": "reference", "n": len(idx) * size})
+                emit({"kind": "eval-step", "split": "reference", "n": len(idx)})
     if size > 1:
         import torch.distributed as dist
 
-        from spulctl.distributed import rank_device
-
         gathered = out.to(rank_device())
-        dist.all_reduce(gathered)  # each row was written by exactly one rank; the others hold zeros
+        dist.all_reduce(gathered)  # (n, d): every row from the one rank that computed it, zeros from the others
         out = gathered.cpu()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(f".{cache_file.name}.tmp")
@@ -207,6 +205,9 @@ def step_options(settings: Any) -> StepOptions:
     from spulctl.distributed import sharded
     from spulctl.step import StepOptions
 
-    whole = not sharded()  # FSDP: the prompt goes in with the text (see spulctl.distributed.lockstep)
+    # FSDP: the prompt goes in with the text, and the reference comes from the cache, so that every loss call is
+    # one pass through the sharded layers on every rank (see spulctl.distributed.lockstep)
+    whole = not sharded()
     return StepOptions(answer_only=settings.answer_only, shared_prefix=settings.shared_prefix and whole,
-                       cached_reference=settings.cached_reference, cuda_graphs=settings.cuda_graphs and whole)
+                       cached_reference=settings.cached_reference or not whole,
+                       cuda_graphs=settings.cuda_graphs and whole)

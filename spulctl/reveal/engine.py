@@ -121,16 +121,19 @@ class RevealRun:
 
     # ------------------------------------------------------------ checkpoint
     def _load_state(self) -> dict | None:
-        from spulctl.distributed import broadcast_json, world
+        from spulctl.distributed import from_rank0
 
-        path, saved = self._state_path(), None
-        if world()[0] == 0 and self.cfg.resume and path and path.exists():  # rank 0 holds the checkpoint
+        def read() -> dict | None:  # rank 0 holds the checkpoint; the other ranks get what it read (or its error)
+            path = self._state_path()
+            if not (self.cfg.resume and path and path.exists()):
+                return None
             state = json.loads(path.read_text())
             if state["config"] != self.cfg.to_dict():
                 raise DataError(f"--resume: {self.ckpt} was made with other options; drop --resume to start over")
             lines = (self.ckpt / "records.jsonl").read_text().splitlines()[: state["kept"]]  # drop a torn tail
-            saved = {"state": state, "records": [json.loads(ln) for ln in lines]}
-        saved = broadcast_json(saved)
+            return {"state": state, "records": [json.loads(ln) for ln in lines]}
+
+        saved = from_rank0(read)
         if saved is None:
             return None
         state, self.records = saved["state"], saved["records"]
@@ -227,24 +230,25 @@ class RevealRun:
 
     def _sample(self, prompts: list[str], seed: int) -> tuple[list[str], list[bool]]:
         """One continuation per prompt (:func:`spulctl.reveal.generate.sample_rows`). Several processes split the
-        rows (rank r samples rows r, r + world, ..., with its own seed) and gather them back in order; on a
-        sharded base every rank samples them all alike, so the ranks run the same forward passes."""
+        rows into contiguous runs (a prompt's samples sit together, so each rank prefills fewer distinct prompts),
+        each rank sampling its run with its own seed, and gather them back in order; on a sharded base every rank
+        samples them all alike, so the ranks run the same forward passes."""
         from spulctl.distributed import all_gather_json, sharded, world
 
         cfg, (rank, size) = self.cfg, world()
         split = size > 1 and not sharded()
-        mine = prompts[rank::size] if split else prompts
-        raw, ended = gen.sample_rows(self.model, self.tok, mine, seed=seed + (rank if split else 0),
+        if not split:
+            rank, size = 0, 1
+        bounds = [round(i * len(prompts) / size) for i in range(size + 1)]
+        mine = prompts[bounds[rank]:bounds[rank + 1]]
+        raw, ended = gen.sample_rows(self.model, self.tok, mine, seed=seed * size + rank,  # no two ranks/rounds alike
                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                      top_p=cfg.top_p, stop=lambda t: gen.finished(t, cfg.max_sentences)) \
             if mine else ([], [])
         if not split:
             return raw, ended
-        texts: list[str] = [""] * len(prompts)
-        done = [False] * len(prompts)
-        for r, (part_raw, part_ended) in enumerate(all_gather_json([raw, ended])):
-            texts[r::size], done[r::size] = part_raw, part_ended
-        return texts, done
+        parts = all_gather_json([raw, ended])
+        return [t for p in parts for t in p[0]], [e for p in parts for e in p[1]]
 
     def _prompt(self, instruction: str) -> str:
         if instruction not in self.prompts:

@@ -77,6 +77,8 @@ def sample_rows(model: nn.Module, tok: Any, prompts: list[str], seed: int, max_n
     """
     import torch
 
+    from spulctl.distributed import inference
+
     device = next(model.parameters()).device
     distinct = list(dict.fromkeys(prompts))
     side = tok.padding_side
@@ -92,7 +94,6 @@ def sample_rows(model: nn.Module, tok: Any, prompts: list[str], seed: int, max_n
     gen = torch.Generator(device=device).manual_seed(seed)
     new: list[list[int]] = [[] for _ in prompts]
     ended = [False] * len(prompts)
-    from spulctl.distributed import inference
     with inference():
         out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True,
                     **_last_logits_only(model))

@@ -84,6 +84,7 @@ def answer(model: nn.Module, tok: Any, task: TaskSpec, texts: list[str], batch_s
 
     from spulctl.data.task import encode, label_vocab
     from spulctl.data.truncate import resolve_max_length
+    from spulctl.distributed import inference
     from spulctl.step import answer_logits, bucketed_batches, collate
 
     vocab = label_vocab(task, tok)
@@ -94,7 +95,6 @@ def answer(model: nn.Module, tok: Any, task: TaskSpec, texts: list[str], batch_s
     device = next(model.parameters()).device
     first = torch.tensor(vocab.first_label_ids, device=device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    from spulctl.distributed import inference
     with inference():
         for idx in bucketed_batches([len(e.input_ids) for e in examples], batch_size, seed=None):
             batch = collate([examples[i] for i in idx], pad, idx).to(device)
