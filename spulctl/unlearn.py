@@ -121,7 +121,7 @@ class UnlearnConfig:
     max_length: int | None = None
     forget_share: float = 0.5
     forget_passes: float = 10.0
-    min_steps: int = 100
+    min_steps: int = 200
     budget_steps: int = 600
     rounds: int = 10
     augment: bool = True

@@ -120,7 +120,7 @@ def unlearn(
     forget_share: Annotated[float, typer.Option(help="Share of every batch that is forget rows; 0 = the data's own "
                                                      "mix, epochs over all of it (the paper).")] = 0.5,
     forget_passes: Annotated[float, typer.Option(help="Step budget: passes over the forget set.")] = 10.0,
-    min_steps: Annotated[int, typer.Option(help="Step budget: at least this many steps.")] = 100,
+    min_steps: Annotated[int, typer.Option(help="Step budget: at least this many steps.")] = 200,
     budget_steps: Annotated[int, typer.Option(help="Step budget: at most this many steps (--max-steps wins).")] = 600,
     rounds: Annotated[int, typer.Option(help="Selection rounds (evaluations) over the budget.")] = 10,
     augment: Annotated[bool, typer.Option(help="Train on case/punctuation/name variants of the forget records and "
