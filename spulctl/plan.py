@@ -266,7 +266,7 @@ def weight_bytes(shape: Shape, s: PlanSettings) -> float:
         linear_bytes = linear + 4 * shape.layers * sum(o for _, o in shape.linear_shapes())  # int8 + fp32 row scale
     else:
         linear_bytes = linear * s.act_bytes
-    if s.fsdp and s.processes > 1:  # a shard of every layer + two whole layers (running, prefetched)
+    if s.fsdp:  # a shard of every layer + two whole layers (running, prefetched)
         linear_bytes = linear_bytes / s.processes + 2 * linear_bytes / shape.layers
     return linear_bytes + shape.other_params() * s.act_bytes
 

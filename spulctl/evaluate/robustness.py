@@ -31,9 +31,11 @@ def bundle_names(bundles: list[Path]) -> list[str]:
     found by NER in the forget file), in first-seen order; none for bundles without them."""
     import json
 
+    from spulctl.bundle import META_FILE
+
     names: list[str] = []
     for folder in bundles:
-        meta = Path(folder) / "bundle.json"
+        meta = Path(folder) / META_FILE
         if meta.is_file():
             plan = (json.loads(meta.read_text()).get("data") or {}).get("plan") or {}
             names += [n for n in plan.get("entities") or [] if n not in names]

@@ -205,9 +205,9 @@ def step_options(settings: Any) -> StepOptions:
     from spulctl.distributed import sharded
     from spulctl.step import StepOptions
 
-    # FSDP: the prompt goes in with the text, and the reference comes from the cache, so that every loss call is
-    # one pass through the sharded layers on every rank (see spulctl.distributed.lockstep)
+    # FSDP: the reference comes from the cache (and the step turns the shared prefix off itself), so that every
+    # loss call is one pass through the sharded layers on every rank (see spulctl.distributed.lockstep)
     whole = not sharded()
-    return StepOptions(answer_only=settings.answer_only, shared_prefix=settings.shared_prefix and whole,
+    return StepOptions(answer_only=settings.answer_only, shared_prefix=settings.shared_prefix,
                        cached_reference=settings.cached_reference or not whole,
                        cuda_graphs=settings.cuda_graphs and whole)
