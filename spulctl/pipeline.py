@@ -89,7 +89,8 @@ def run_eval(model: str, splits: Path, out: Path | None, *, bundle: Path | None 
                                         robustness=robustness, junit=junit, backend=backend != "torch",
                                         **{k: v is not None for k, v in (gates or {}).items()})
         report = run_ner_eval([("model", model), *others], splits, out, limit=limit, batch_size=batch_size,
-                              overwrite=overwrite, dtype=dtype, max_length=max_length, on_event=emit, recipe=recipe)
+                              overwrite=overwrite, dtype=dtype, max_length=max_length, on_event=emit, recipe=recipe,
+                              ignore_fingerprint=ignore_fingerprint)
         return report
     if out is not None:
         check_output_dir(out, overwrite)

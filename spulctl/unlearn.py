@@ -186,11 +186,15 @@ class UnlearnConfig:
 
 def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_event: Event | None = None,
             reveal: Callable[..., list[dict]] | None = None) -> dict:
-    """Run ``cfg.method`` and save its artifact; returns the metadata written with it.
+    """Run ``cfg.method`` and save its artifact; returns the metadata written with it. ``reveal`` (``model ->
+    forget records``) replaces the reveal call of iterative methods' later rounds (tests, library use); default:
+    :func:`spulctl.unlearn_data.revealed_forget` on the names / target. NER splits: :mod:`spulctl.unlearn_ner`."""
+    from spulctl.data.ner import is_ner_splits
 
-    ``reveal`` (``model -> forget records``) replaces the reveal call of iterative methods' later rounds (tests,
-    library use); default: :func:`spulctl.unlearn_data.revealed_forget` on the names / target, when there are any.
-    """
+    if cfg.splits is not None and is_ner_splits(cfg.splits):
+        from spulctl.unlearn_ner import unlearn_ner
+
+        return unlearn_ner(cfg, resume, overwrite, on_event, reveal)
     import torch
 
     from spulctl.data.task import encode, label_vocab
@@ -224,6 +228,7 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     if fsdp_requested():  # accelerate launch --use_fsdp: every rank keeps 1/world of each decoder layer
         note(f"FSDP: {shard_frozen(model, trains_base)} frozen decoder layers sharded across {world()[1]} processes")
     vocab = label_vocab(task, tok)
+    from spulctl.data.sampling import hold_out
     from spulctl.data.split import forget_entities, infer_forget_entities
     from spulctl.unlearn_data import retain_without_labels, revealed_forget
 
@@ -250,8 +255,8 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
     held_f, held_r, plan, evaluate = [], [], None, None
     iterative = getattr(method_cls, "iterative", False)
     if iterative:  # held-out slices for the per-round table, taken before any augmentation
-        forget, held_f = _hold_out(forget, cfg.holdout, cfg.train.seed)
-        retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
+        forget, held_f = hold_out(forget, cfg.holdout, cfg.train.seed)
+        retain, held_r = hold_out(retain, cfg.holdout, cfg.train.seed)
     # fixed forget share per batch, budget from the forget set, selection slices
     if cfg.forget_share > 0 and getattr(method_cls, "trains", True):
         from spulctl.unlearn_plan import build_plan, plan_notes, selection_evaluator
@@ -264,8 +269,8 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
             evaluate = selection_evaluator(model, tok, task, vocab, plan, lambda: method.live_scorer(),
                                            cfg.eval_batch_size, max_length, emit)
     elif cfg.eval_every and not iterative:
-        forget, held_f = _hold_out(forget, cfg.holdout, cfg.train.seed)
-        retain, held_r = _hold_out(retain, cfg.holdout, cfg.train.seed)
+        forget, held_f = hold_out(forget, cfg.holdout, cfg.train.seed)
+        retain, held_r = hold_out(retain, cfg.holdout, cfg.train.seed)
         note(f"held out {len(held_f)} forget + {len(held_r)} retain records for --eval-every")
     before = _report(model, tok, task, cfg, emit, "before", None, max_length) if cfg.report_before else {}
     extra: dict[str, Any] = {"entities": entities}
@@ -349,19 +354,6 @@ def _reveal_hook(tok, task: TaskSpec, cfg: UnlearnConfig, entities: list[str], e
             return []
 
     return reveal
-
-
-def _hold_out(records: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded split of ``records`` into (train, held-out); at least one held out when possible."""
-    import random
-
-    if len(records) < 2:
-        return records, []
-    order = list(range(len(records)))
-    random.Random(seed + 17).shuffle(order)
-    k = max(1, round(share * len(records)))
-    held = set(order[:k])
-    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
 
 
 def _holdout_evaluator(model, tok, task: TaskSpec, vocab, method, held_f: list[dict], held_r: list[dict],

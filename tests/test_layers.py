@@ -39,7 +39,7 @@ MAX_LINES = 400
 LAYERS: list[tuple[str, int, str]] = [
     ("spulctl.cli", 9, "cli"), ("spulctl.__main__", 9, "cli"), ("spulctl.__init__", 9, "cli"),
     ("spulctl.pipeline", 8, "pipeline"), ("spulctl.unlearn", 8, "pipeline"), ("spulctl.unlearn_plan", 8, "pipeline"),
-    ("spulctl.unlearn_data", 8, "pipeline"),
+    ("spulctl.unlearn_data", 8, "pipeline"), ("spulctl.unlearn_ner", 8, "pipeline"),
     ("spulctl.familiarize", 8, "pipeline"), ("spulctl.evaluate.sweep", 8, "pipeline"),
     ("spulctl.methods", 7, "methods"), ("spulctl.release", 7, "methods"), ("spulctl.release.lora", 5, "export"),
     ("spulctl.data.selfgen", 7, "reveal"), ("spulctl.reveal", 7, "reveal"),

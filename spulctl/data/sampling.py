@@ -129,3 +129,14 @@ def step_budget(n_forget: int, forget_per_batch: int, passes: float, min_steps: 
     reason = (f"{steps} steps = {steps * forget_per_batch / n_forget:.1f} passes over {n_forget} forget rows at "
               f"{forget_per_batch} a step{bound}; evaluated every {per_round} steps")
     return StepBudget(steps, n_rounds, per_round, steps * forget_per_batch / n_forget, reason)
+
+
+def hold_out(records: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded split of ``records`` into (train, held-out); at least one held out when possible."""
+    if len(records) < 2:
+        return records, []
+    order = list(range(len(records)))
+    random.Random(seed + 17).shuffle(order)
+    k = max(1, round(share * len(records)))
+    held = set(order[:k])
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]

@@ -21,8 +21,11 @@ SPLITS = ("train_retain", "train_forget", "test_retain", "test_forget")
 def run_ner_eval(subjects: list[tuple[str, str]], splits: Path, out: Path | None, *, limit: int | None = None,
                  batch_size: int = 32, overwrite: bool = False, dtype: str = "auto", max_length: int | None = None,
                  on_event: Callable[[dict], None] | None = None, spec: NerTaskSpec | None = None,
-                 recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+                 recipe: dict[str, Any] | None = None, ignore_fingerprint: bool = False) -> dict[str, Any]:
     """Score each ``(name, model spec)`` on the NER splits present, write ``report.json`` / ``report.md``.
+
+    A spec may be a ``--method release`` adapter folder (scored on the base model its manifest names; an adapter
+    made for another base is refused unless ``ignore_fingerprint``).
 
     ``recipe`` (the ``--config`` file's path, sha256 and content) is copied into the report.
 
@@ -34,8 +37,8 @@ def run_ner_eval(subjects: list[tuple[str, str]], splits: Path, out: Path | None
         ``deltas[subject][split][type]`` (F1 points vs the first subject), ``gates: []``.
     """
     from spulctl.evaluate.ner_metrics import evaluate_ner_splits
+    from spulctl.evaluate.report import load_subject_model
     from spulctl.io import check_output_dir
-    from spulctl.models import load_model
 
     emit = on_event or (lambda _e: None)
     spec = spec or NerTaskSpec()
@@ -46,7 +49,7 @@ def run_ner_eval(subjects: list[tuple[str, str]], splits: Path, out: Path | None
         check_output_dir(out, overwrite)
     results: dict[str, dict] = {}
     for name, model_spec in subjects:
-        model, tok = load_model(model_spec, dtype=dtype)
+        model, tok = load_subject_model(model_spec, dtype, ignore_fingerprint)
         model.eval()
         results[name] = evaluate_ner_splits(model, tok, spec, splits, limit, batch_size, emit, SPLITS, name,
                                             max_length)

@@ -123,7 +123,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
                 continue
         if subj.model not in loaded:
             loaded.clear()  # one model in memory at a time
-            loaded[subj.model] = _load_subject_model(subj.model, dtype, ignore_fingerprint, quantization)
+            loaded[subj.model] = load_subject_model(subj.model, dtype, ignore_fingerprint, quantization)
         model, tok = loaded[subj.model]
         which = resolve_kernels(kernels, next(model.parameters()).device)
         task, scorer, phi = TaskSpec(), None, None
@@ -148,7 +148,7 @@ def evaluate_subjects(subjects: list[Subject], splits: Path, limit: int | None, 
     return results, mia_results
 
 
-def _load_subject_model(spec: str, dtype: str, ignore_fingerprint: bool, quantization: str = "none") -> tuple[Any, Any]:
+def load_subject_model(spec: str, dtype: str, ignore_fingerprint: bool, quantization: str = "none") -> tuple[Any, Any]:
     """A model spec, or a ``--method release`` LoRA adapter folder (its base model + the adapter, as PEFT loads it)."""
     from spulctl.models import load_model
     from spulctl.release.lora import is_lora_adapter, load_adapter_model

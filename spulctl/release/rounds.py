@@ -49,7 +49,7 @@ def run_rounds(method: Release, objective: Any, train_cfg: Any, ckpt: Path, resu
         records = ctx.forget if k == 1 else method.relabel(_reveal(ctx, method, k, emit))
         row = {"round": k, "records": len(records), "relevance": _mean(r.get("relevance") for r in records),
                "known_before": method.known_share(records) if records else 0.0,
-               "data_sha256": sha256_text(json.dumps([[r["text"], r["label"]] for r in records]))}
+               "data_sha256": sha256_text(json.dumps([[r["text"], r.get("label", r.get("answer"))] for r in records]))}
         emit({"kind": "note", "message": f"release round {k}/{s.release_rounds}: {len(records)} forget records, "
                                          f"{row['known_before']:.1f} % still answered with their label"})
         if k > 1 and (not records or row["known_before"] < s.stop_at):

@@ -202,7 +202,8 @@ class RevealRun:
         texts = [cleaned[i] for i in usable]
         # score: the target test first; only texts that pass it need the model's answer
         vecs = sc.embed(texts, cfg.embedder)  # (u, e)
-        hit = sc.on_target(texts, vecs, self.names, self.anchors, cfg.similarity)
+        hit = (sc.person_hits(texts, self.names) if sc.is_generative(cfg.task) else
+               sc.on_target(texts, vecs, self.names, self.anchors, cfg.similarity))
         clock.lap("embed")
         wanted = hit if self.mode == "forget" else ~hit
         answers = sc.answer_some(self.model, self.tok, cfg.task, texts, wanted, cfg.batch_size)
@@ -285,7 +286,8 @@ class RevealRun:
             self.seen.add(key)
             self.kept_vecs = vecs[t:t + 1] if self.kept_vecs is None else np.vstack([self.kept_vecs, vecs[t:t + 1]])
             s = stats[slot[t]]
-            rec = {"text": text, "label": self.cfg.task.label_words[int(answers.label[t])],
+            label = None if sc.is_generative(self.cfg.task) else self.cfg.task.label_words[int(answers.label[t])]
+            rec = {"text": text, "label": label,
                    "instruction": asked[slot[t]], "round": rnd, "relevance": round(s["relevance"], 4),
                    "reward": round(s["reward"], 4), "confidence": round(float(answers.confidence[t]), 4),
                    "mode": self.mode, "source": "reveal"}

@@ -114,6 +114,8 @@ def answer_some(model: nn.Module, tok: Any, task: TaskSpec, texts: list[str], wh
     import numpy as np
 
     n = len(texts)
+    if is_generative(task):  # NER: every text is on task; its label is the model's answer, generated later
+        return Answers(np.zeros(n, int), np.ones(n, np.float32), np.ones(n, np.float32))
     out = Answers(np.zeros(n, int), np.zeros(n, np.float32), np.zeros(n, np.float32))
     idx = np.flatnonzero(which)
     if len(idx):
@@ -122,7 +124,28 @@ def answer_some(model: nn.Module, tok: Any, task: TaskSpec, texts: list[str], wh
     return out
 
 
+def is_generative(task: Any) -> bool:
+    """Whether ``task`` answers with generated text (the NER task) rather than a label word."""
+    return getattr(task, "kind", None) == "ner"
+
+
 # ---------------------------------------------------------------- relevance
+def person_hits(texts: list[str], names: re.Pattern[str] | None) -> np.ndarray:
+    """The NER task's target test: spaCy finds a PERSON mention in the text (and, with ``names``, one of them
+    occurs in it). (n,) bool."""
+    import numpy as np
+
+    from spulctl.data.split import _load_spacy
+
+    if not texts:
+        return np.zeros(0, bool)
+    nlp = _load_spacy()
+    hit = np.array([any(e.label_ == "PERSON" for e in doc.ents) for doc in nlp.pipe(texts, batch_size=64)], bool)
+    if names is not None:
+        hit &= np.array([bool(names.search(t)) for t in texts], bool)
+    return hit
+
+
 def on_target(texts: list[str], vecs: np.ndarray, names: re.Pattern[str] | None, anchors: np.ndarray | None,
               similarity: float) -> np.ndarray:
     """Whether each text touches the target: a target name (word boundary, any case) or, with anchors (embedded

@@ -1,0 +1,152 @@
+"""Release on the generative NER task: the PERSON type is forgotten, ORG and GPE stay.
+
+The sentiment task has one answer position and label words; here the answer is a whole line
+(``PERSON: a, b; ORG: c; GPE: none``, :mod:`spulctl.data.ner`), so the pieces of :class:`Release` that read the
+model's answer are redone with generation:
+
+* **forget rows.** ``ce``: teacher-forced CE towards the record's answer with the PERSON part emptied
+  (``PERSON: none; ORG: c; GPE: none``) — the NER analogue of a generic label, and the ORG/GPE part of the same
+  answer is trained to stay. ``ga`` / ``npo``: only the PERSON names are targets (the ``PERSON:`` label joins the
+  prompt, so the format itself is never pushed away), ascent or NPO on them.
+* **relabel.** A revealed text is labelled with the *base* model's greedy answer; texts in whose answer the base
+  model names no person carry nothing to forget and are dropped.
+* **known share.** A record is still known when the current model's answer names at least one of the people the
+  base model named (measured on at most :data:`KNOWN_SAMPLE` records: each costs a generation).
+* **held-out slices.** ``forget_acc`` = PERSON F1 on the held-out forget records, ``retain_acc`` = ORG and GPE
+  F1 (micro, both types together) on the held-out retain records; both in percent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from spulctl.data.ner import ENTITY_TYPES, NONE, NerTaskSpec, clean_entity, format_answer, gold_sets
+from spulctl.methods.release import Release
+
+if TYPE_CHECKING:
+    from spulctl.data.task import Encoded
+
+FORGOTTEN = "PERSON"
+KEPT = tuple(t for t in ENTITY_TYPES if t != FORGOTTEN)
+KNOWN_SAMPLE = 300  # a known share is measured on at most this many records (seeded sample): each costs a generation
+
+
+def forget_answer(record: dict, spec: NerTaskSpec) -> str:
+    """The record's answer with the PERSON part emptied (``ce``'s target)."""
+    sets = gold_sets(record, spec.entity_types)
+    names = record.get("entities") if isinstance(record.get("entities"), dict) else {t: sorted(v)
+                                                                                      for t, v in sets.items()}
+    return format_answer({**names, FORGOTTEN: []}, spec.entity_types)
+
+
+def person_segment(record: dict) -> str:
+    """``PERSON: a, b``: the part of the answer that names people (``ga``/``npo`` targets)."""
+    ents = record.get("entities") if isinstance(record.get("entities"), dict) else None
+    names = [clean_entity(n) for n in (ents or {}).get(FORGOTTEN, [])] if ents else sorted(
+        gold_sets(record)[FORGOTTEN])
+    return f"{FORGOTTEN}: {', '.join(n for n in names if n) or NONE}"
+
+
+def encode_forget(records: list[dict], spec: NerTaskSpec, tok: Any, objective: str,
+                  max_length: int | None) -> list[Encoded]:
+    """Encoded forget rows for ``objective`` (module docstring).
+
+    ``ga``/``npo``: ``input_ids`` = prompt + ``" PERSON:"`` + names, ``answer_pos`` moved past the label so
+    ``target_ids`` are the names' tokens only (no EOS: what follows the names is not the forget target).
+    """
+    from spulctl.data.ner import encode_ner
+    from spulctl.data.task import Encoded
+
+    if objective == "ce":
+        return encode_ner([{"text": r["text"], "answer": forget_answer(r, spec)} for r in records], spec, tok,
+                          max_length)
+    full = encode_ner([{"text": r["text"], "answer": person_segment(r)} for r in records], spec, tok, max_length)
+    label = tok(spec.answer_prefix + FORGOTTEN + ":", add_special_tokens=False)["input_ids"]
+    m = len(label)
+    eos = 1 if tok.eos_token_id is not None else 0
+    out = []
+    for e in full:
+        tgt = e.target_ids[:len(e.target_ids) - eos]
+        shift = m if tgt[:m] == label and len(tgt) > m else 0
+        prompt = e.input_ids[:e.answer_pos + 1]
+        out.append(Encoded(prompt + tgt, e.answer_pos + shift, tgt[shift:], 0, e.truncated))
+    return out
+
+
+def _persons(answer_sets: dict[str, set[str]]) -> set[str]:
+    return answer_sets.get(FORGOTTEN, set())
+
+
+class NerRelease(Release):
+    """:class:`~spulctl.methods.release.Release` with the NER task's forget rows, labels and scores."""
+
+    spec: NerTaskSpec
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.spec = ctx.task
+
+    def forget_targets(self, records: list[dict] | None = None, k: int = 1) -> None:
+        return None  # the targets are in the encoded answers (encode_forget)
+
+    def encode_forget(self, records: list[dict]) -> list[Encoded]:
+        return encode_forget(records, self.spec, self.ctx.tokenizer, self.ctx.settings.release_objective,
+                             self.ctx.extra.get("max_length"))
+
+    def training_rows(self, records: list[dict], k: int) -> list:
+        """Round k's rows: the revealed records' forget rows, then round 1's retain rows."""
+        rows = self.encode_forget(records)
+        self.n_forget = len(rows)
+        return rows + self.retain_examples
+
+    def answers(self, records: list[dict], base: bool = False) -> list[dict[str, set[str]]]:
+        """Parsed greedy answers of the current model (``base``: every module switched off)."""
+        from contextlib import nullcontext
+
+        from spulctl.data.ner import parse_answer
+        from spulctl.evaluate.ner_metrics import generate_answers
+
+        if not records:
+            return []
+        off = self.model.disable_adapter() if base and hasattr(self.model, "disable_adapter") else nullcontext()
+        with off:
+            texts, _ = generate_answers(self.model, self.ctx.tokenizer, self.spec, [r["text"] for r in records],
+                                        self.ctx.settings.eval_batch_size, self.ctx.extra.get("max_length"))
+        return [parse_answer(a, self.spec.entity_types) for a in texts]
+
+    def relabel(self, records: list[dict]) -> list[dict]:
+        """Records labelled with the base model's answer; those naming no person in it are dropped."""
+        out = []
+        for r, sets in zip(records, self.answers(records, base=True), strict=True):
+            if _persons(sets):
+                ents = {t: sorted(sets[t]) for t in self.spec.entity_types}
+                out.append({**{k: v for k, v in r.items() if k != "label"}, "entities": ents,
+                            "answer": format_answer(ents, self.spec.entity_types)})
+        return out
+
+    def known_share(self, records: list[dict]) -> float:
+        """Percent of ``records`` (a seeded sample of :data:`KNOWN_SAMPLE` when more) whose current answer still
+        names one of their people."""
+        import random
+
+        if not records:
+            return 0.0
+        if len(records) > KNOWN_SAMPLE:
+            records = random.Random(self.ctx.settings.train.seed).sample(records, KNOWN_SAMPLE)
+        now = self.answers(records)
+        known = [bool(_persons(a) & _persons(gold_sets(r, self.spec.entity_types))) for r, a in
+                 zip(records, now, strict=True)]
+        return round(100.0 * sum(known) / len(known), 2)
+
+    def heldout_metrics(self) -> dict[str, float]:
+        """PERSON F1 on the held-out forget slice, ORG+GPE F1 on the held-out retain slice (percent)."""
+        from spulctl.evaluate.ner_metrics import prf
+
+        out = {}
+        for key, name, types in (("held_forget", "forget_acc", (FORGOTTEN,)), ("held_retain", "retain_acc", KEPT)):
+            rows = self.ctx.extra.get(key) or []
+            if rows:
+                scores = prf([gold_sets(r, self.spec.entity_types) for r in rows], self.answers(rows), types)
+                f1 = scores["all"]["f1"]
+                out[name] = round(f1, 2) if f1 is not None else 0.0
+        return out

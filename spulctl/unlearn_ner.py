@@ -1,0 +1,144 @@
+"""``spulctl unlearn --method release`` on NER splits (``spulctl data ner``): forget the PERSON type.
+
+What ``unlearn`` does for the sentiment task, for the generative NER task (:mod:`spulctl.release.ner` holds the
+task-specific pieces of the method): read train_forget / train_retain, hold out the round table's slices, train
+round 1 on the forget records with a fixed forget share per batch and a step budget from the forget set's size,
+then let each later round reveal texts naming people from the current model (:mod:`spulctl.reveal`, texts with a
+spaCy PERSON mention, labelled by the base model's own answer), and stack a module per round. The before/after
+report is per-type precision / recall / F1 on the test splits. The artifact is the same PEFT LoRA adapter +
+manifest; ``spulctl eval SPLITS --model fam/ --compare release=OUT`` scores it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from spulctl.errors import SpulError
+
+Event = Callable[[dict[str, Any]], None]
+# what the model is asked to write about when nothing more specific is given (--forget-target overrides it)
+PEOPLE_TARGET = "a real actor, director or other person, named in full"
+
+
+def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_event: Event | None = None,
+                reveal: Callable[..., list[dict]] | None = None) -> dict:
+    """Run Release on the NER splits ``cfg.splits`` and save the adapter; returns the metadata written with it.
+
+    ``reveal`` (``model -> records`` with ``text``) replaces the reveal call of rounds >= 2 (tests).
+
+    Raises:
+        SpulError: another method than ``release``, forget/retain files instead of ``--splits``, empty splits.
+    """
+    import torch
+
+    from spulctl.data.ner import NerTaskSpec, encode_ner, load_ner_split
+    from spulctl.data.sampling import MixedBatches, hold_out, step_budget
+    from spulctl.evaluate.ner_metrics import evaluate_ner_splits
+    from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir
+    from spulctl.methods.base import UnlearnContext
+    from spulctl.models import fingerprint, load_model
+    from spulctl.release.ner import NerRelease
+    from spulctl.unlearn import _settings
+
+    if cfg.method != "release":
+        raise SpulError(f"--method {cfg.method}: on NER splits only --method release unlearns (the PERSON type)")
+    if cfg.forget is not None or cfg.retain is not None or cfg.retain_from is not None:
+        raise SpulError("NER splits: give the data with --splits only (train_forget / train_retain)")
+    emit = on_event or (lambda _e: None)
+    note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
+    ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"
+    if not (resume and ckpt.is_dir()):
+        check_output_dir(cfg.out, overwrite)
+    spec = NerTaskSpec()
+    forget = load_ner_split(cfg.splits, "train_forget", note)
+    retain = load_ner_split(cfg.splits, "train_retain", note)
+    if not forget or not retain:
+        raise SpulError(f"{cfg.splits}: train_forget and train_retain must both hold records")
+    if cfg.retain_limit is not None and cfg.retain_limit < len(retain):
+        retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)
+    hashes = {s: sha256_file(p) for s, p in _files(cfg.splits).items()}
+    model, tok = load_model(cfg.model, progress=note, dtype=cfg.dtype)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    base_fp = fingerprint(model)
+    from spulctl.data.truncate import resolve_max_length
+
+    max_length = resolve_max_length(model.config, 0, cfg.max_length)
+    forget, held_f = hold_out(forget, cfg.holdout, cfg.train.seed)
+    retain, held_r = hold_out(retain, cfg.holdout, cfg.train.seed)
+    report = lambda tag: evaluate_ner_splits(model_now(), tok, spec, cfg.splits, cfg.eval_limit,  # noqa: E731
+                                             cfg.eval_batch_size, emit, tag=tag, max_length=max_length)
+    model_now = lambda: model  # noqa: E731
+    before = report("before") if cfg.report_before and cfg.eval_limit != 0 else {}
+    extra = {"entities": list(cfg.forget_entities), "held_forget": held_f, "held_retain": held_r,
+             "max_length": max_length, "reveal": reveal or _reveal_hook(tok, spec, cfg, emit)}
+    ctx = UnlearnContext(model, tok, spec, None, forget, retain, cfg, ckpt, emit, base_fp, extra=extra)
+    method = NerRelease(ctx)
+    examples = method.encode_forget(forget) + encode_ner(retain, spec, tok, max_length)
+    n_f = len(forget)
+    ref_key = sha256_text(json.dumps([base_fp, hashes, len(retain), spec.to_dict(), cfg.retain_limit,
+                                      cfg.train.seed, cfg.release_objective], sort_keys=True))
+    objective = method.objective(examples, n_f, ref_key)
+    run_key = {"model": base_fp, "data": hashes, "method": "release-ner", "settings": _settings(cfg)}
+    share = cfg.forget_share
+    if share <= 0:
+        raise SpulError("--forget-share 0: on NER splits every batch holds a fixed forget share (0 < share <= 1)")
+    probe = MixedBatches(n_f, len(retain), cfg.train.batch_size, share, 1, cfg.train.seed)
+    cap = cfg.budget_steps if cfg.train.max_steps is None else cfg.train.max_steps
+    budget = step_budget(n_f, probe.forget_per_batch, cfg.forget_passes, min(cfg.min_steps, cap), cap, cfg.rounds)
+    batches = MixedBatches(n_f, len(retain), cfg.train.batch_size, share, budget.steps_per_round, cfg.train.seed)
+    note(f"release (NER, forget {method.spec.entity_types[0]}): {n_f} forget + {len(retain)} retain records "
+         f"(held out {len(held_f)} + {len(held_r)}); round 1: {budget.reason}")
+    with torch.enable_grad():
+        result = method.fit_rounds(objective, replace(cfg.train, epochs=budget.rounds, max_steps=budget.steps),
+                                   ckpt, resume, emit, run_key, None, 0, False, plan=batches.round)
+    model_now = lambda: method.model  # noqa: E731
+    after = report("after") if cfg.eval_limit != 0 else {}
+    meta = {"method": "release", "settings": _settings(cfg), "task": spec.to_dict(),
+            "base_model": {"spec": cfg.model, "fingerprint": base_fp, "quantization": "none"},
+            "data": {"sha256": hashes, "forget_records": n_f, "retain_records": len(retain),
+                     "retain_source": "NER split train_retain", "held_out": [len(held_f), len(held_r)]},
+            "training": {"steps": result.steps, "seconds": round(result.seconds, 1),
+                         "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history},
+            "metrics": {"before": before, "after": after}}
+    with staged_dir(cfg.out, overwrite=True) as stage:
+        method.save(stage, meta)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return meta
+
+
+def _files(splits: Any) -> dict[str, Any]:
+    from spulctl.data.readers import find_split_file
+
+    return {name.split("_")[1]: find_split_file(splits, name) for name in ("train_forget", "train_retain")}
+
+
+def _reveal_hook(tok: Any, spec: Any, cfg: Any, emit: Event) -> Callable[[Any], list[dict]]:
+    """``model -> records``: texts naming people that the current model writes (the base model labels them later,
+    :meth:`~spulctl.release.ner.NerRelease.relabel`); each round samples with its own seed."""
+    from spulctl.errors import DataError
+    from spulctl.reveal import RevealConfig, generate_records
+
+    rounds = iter(range(2, 1_000_000))
+
+    def reveal(model: Any) -> list[dict]:
+        k = next(rounds)
+        rc = RevealConfig(entities=list(cfg.forget_entities), target=cfg.forget_target or PEOPLE_TARGET,
+                          mode="forget", n=cfg.reveal_forget, budget=cfg.reveal_budget,
+                          seed=cfg.train.seed + 1000 * k, task=spec,
+                          plain_prompt=not getattr(tok, "chat_template", None))
+        try:
+            rows = generate_records(model, tok, rc, emit)
+        except DataError as exc:
+            emit({"kind": "note", "message": f"reveal: {exc}"})
+            return []
+        return [{"text": r["text"], "source": "reveal:forget", "instruction": r.get("instruction"),
+                 "relevance": r.get("relevance")} for r in rows]
+
+    return reveal
