@@ -200,7 +200,10 @@ def unlearn(
         return
     if "release" in meta:
         print_release_rounds(meta["release"])
-    print_before_after(meta["metrics"], f"{method}: saved to {out}")
+    if meta.get("task", {}).get("kind") == "ner":
+        print_ner_before_after(meta["metrics"], meta["task"]["entity_types"], f"{method}: saved to {out}")
+    else:
+        print_before_after(meta["metrics"], f"{method}: saved to {out}")
 
 
 def parse_prompt_tokens(value: str | int) -> int | None:
@@ -246,6 +249,17 @@ def print_before_after(metrics: dict[str, dict], title: str) -> None:
         table.add_row(split, str(m["n"]), "–" if b is None else f"{b:.1f}", f"{m['accuracy']:.1f}",
                       "–" if b is None else f"{m['accuracy'] - b:+.1f}", f"{m['restricted_accuracy']:.1f}",
                       f"{m['generic_share']:.1f}")
+    console.print(table)
+
+
+def print_ner_before_after(metrics: dict[str, dict], types: list[str], title: str) -> None:
+    """NER splits: per test split, each entity type's F1 before and after the adapter."""
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    table = Table("split", "n", *[f"{t} F1 before → after %" for t in types], title=title)
+    fmt = lambda m, t: "–" if m.get(t, {}).get("f1") is None else f"{m[t]['f1']:.1f}"  # noqa: E731
+    for split, m in after.items():
+        b = before.get(split, {})
+        table.add_row(split, str(m["n"]), *[f"{fmt(b, t)} → {fmt(m, t)}" for t in types])
     console.print(table)
 
 
