@@ -186,7 +186,7 @@ class UnlearnConfig:
 
 def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_event: Event | None = None,
             reveal: Callable[..., list[dict]] | None = None) -> dict:
-    """Run ``cfg.method`` and save its artifact; returns the metadata written with it. ``reveal`` (``model ->
+    """Run ``cfg.method`` and save its artifact; returns the metadata written with it. ``reveal`` (``(model, k) ->
     forget records``) replaces the reveal call of iterative methods' later rounds (tests, library use); default:
     :func:`spulctl.unlearn_data.revealed_forget` on the names / target. NER splits: :mod:`spulctl.unlearn_ner`."""
     from spulctl.data.ner import is_ner_splits
@@ -335,17 +335,14 @@ def unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, o
 
 
 def _reveal_hook(tok, task: TaskSpec, cfg: UnlearnConfig, entities: list[str], emit: Event):
-    """``model -> records`` revealed about the names / target by the model as it is now (None without either);
-    a model that reveals nothing any more gives no records."""
+    """``(model, k) -> records`` revealed in round k about the names / target by the model as it is now (None
+    without either); a model that reveals nothing any more gives no records."""
     if not entities and not cfg.forget_target:
         return None
     from spulctl.errors import DataError
     from spulctl.unlearn_data import revealed_forget
 
-    rounds = iter(range(2, 1_000_000))
-
-    def reveal(model) -> list[dict]:
-        k = next(rounds)  # each round samples with its own seed: a different draw, not round 1's again
+    def reveal(model, k: int) -> list[dict]:  # round k samples with its own seed, also when resumed into it
         seeded = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + 1000 * k))
         try:
             return revealed_forget(model, tok, task, seeded, entities, emit)

@@ -29,7 +29,7 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
                 reveal: Callable[..., list[dict]] | None = None) -> dict:
     """Run Release on the NER splits ``cfg.splits`` and save the adapter; returns the metadata written with it.
 
-    ``reveal`` (``model -> records`` with ``text``) replaces the reveal call of rounds >= 2 (tests).
+    ``reveal`` (``(model, k) -> records`` with ``text``) replaces the reveal call of rounds >= 2 (tests).
 
     Raises:
         SpulError: another method than ``release``, forget/retain files instead of ``--splits``, empty splits.
@@ -38,6 +38,7 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
 
     from spulctl.data.ner import NerTaskSpec, encode_ner, load_ner_split
     from spulctl.data.sampling import MixedBatches, hold_out, step_budget
+    from spulctl.distributed import world
     from spulctl.evaluate.ner_metrics import evaluate_ner_splits
     from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir
     from spulctl.methods.base import UnlearnContext
@@ -49,7 +50,14 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
         raise SpulError(f"--method {cfg.method}: on NER splits only --method release unlearns (the PERSON type)")
     if cfg.forget is not None or cfg.retain is not None or cfg.retain_from is not None:
         raise SpulError("NER splits: give the data with --splits only (train_forget / train_retain)")
+    if cfg.forget_share <= 0:
+        raise SpulError("--forget-share 0: on NER splits every batch holds a fixed forget share (0 < share <= 1)")
+    if cfg.load_in_4bit or cfg.load_in_8bit or world()[1] > 1:
+        raise SpulError("NER splits: Release runs in one process on an unquantized base (no --load-in-4bit/8bit, "
+                        "no accelerate launch)")
     emit = on_event or (lambda _e: None)
+    tok_box: dict = {}  # the reveal hook's tokenizer, once loaded
+    hook = reveal or (_reveal_hook(tok_box, cfg, emit) if cfg.release_rounds > 1 else None)
     note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
     ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"
     if not (resume and ckpt.is_dir()):
@@ -63,6 +71,7 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
         retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)
     hashes = {s: sha256_file(p) for s, p in _files(cfg.splits).items()}
     model, tok = load_model(cfg.model, progress=note, dtype=cfg.dtype)
+    tok_box["tok"] = tok
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
@@ -77,7 +86,7 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
     model_now = lambda: model  # noqa: E731
     before = report("before") if cfg.report_before and cfg.eval_limit != 0 else {}
     extra = {"entities": list(cfg.forget_entities), "held_forget": held_f, "held_retain": held_r,
-             "max_length": max_length, "reveal": reveal or _reveal_hook(tok, spec, cfg, emit)}
+             "max_length": max_length, "reveal": hook}
     ctx = UnlearnContext(model, tok, spec, None, forget, retain, cfg, ckpt, emit, base_fp, extra=extra)
     method = NerRelease(ctx)
     examples = method.encode_forget(forget) + encode_ner(retain, spec, tok, max_length)
@@ -87,8 +96,6 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
     objective = method.objective(examples, n_f, ref_key)
     run_key = {"model": base_fp, "data": hashes, "method": "release-ner", "settings": _settings(cfg)}
     share = cfg.forget_share
-    if share <= 0:
-        raise SpulError("--forget-share 0: on NER splits every batch holds a fixed forget share (0 < share <= 1)")
     probe = MixedBatches(n_f, len(retain), cfg.train.batch_size, share, 1, cfg.train.seed)
     cap = cfg.budget_steps if cfg.train.max_steps is None else cfg.train.max_steps
     budget = step_budget(n_f, probe.forget_per_batch, cfg.forget_passes, min(cfg.min_steps, cap), cap, cfg.rounds)
@@ -107,6 +114,8 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
             "training": {"steps": result.steps, "seconds": round(result.seconds, 1),
                          "samples_per_s": round(result.samples_per_s, 2), "loss_history": result.history},
             "metrics": {"before": before, "after": after}}
+    if cfg.recipe is not None:
+        meta["recipe"] = cfg.recipe
     with staged_dir(cfg.out, overwrite=True) as stage:
         method.save(stage, meta)
     shutil.rmtree(ckpt, ignore_errors=True)
@@ -119,22 +128,31 @@ def _files(splits: Any) -> dict[str, Any]:
     return {name.split("_")[1]: find_split_file(splits, name) for name in ("train_forget", "train_retain")}
 
 
-def _reveal_hook(tok: Any, spec: Any, cfg: Any, emit: Event) -> Callable[[Any], list[dict]]:
-    """``model -> records``: texts naming people that the current model writes (the base model labels them later,
-    :meth:`~spulctl.release.ner.NerRelease.relabel`); each round samples with its own seed."""
+def _reveal_hook(tok_box: dict, cfg: Any, emit: Event) -> Callable[[Any, int], list[dict]]:
+    """``(model, k) -> records``: texts naming people that the current model writes in round k (the base model
+    labels them later, :meth:`~spulctl.release.ner.NerRelease.relabel`). Checked before the model loads: the reveal
+    settings, and spaCy (what judges a text). ``tok_box["tok"]`` is the tokenizer, set once it is loaded.
+
+    Raises:
+        DataError: bad reveal settings. MissingDependencyError: no English spaCy model.
+    """
+    from spulctl.data.ner import NerTaskSpec
+    from spulctl.data.split import _load_spacy
     from spulctl.errors import DataError
     from spulctl.reveal import RevealConfig, generate_records
 
-    rounds = iter(range(2, 1_000_000))
+    def config(k: int, plain: bool) -> RevealConfig:
+        return RevealConfig(entities=list(cfg.forget_entities), target=cfg.forget_target or PEOPLE_TARGET,
+                            mode="forget", n=cfg.reveal_forget, budget=cfg.reveal_budget,
+                            seed=cfg.train.seed + 1000 * k, task=NerTaskSpec(), plain_prompt=plain)
 
-    def reveal(model: Any) -> list[dict]:
-        k = next(rounds)
-        rc = RevealConfig(entities=list(cfg.forget_entities), target=cfg.forget_target or PEOPLE_TARGET,
-                          mode="forget", n=cfg.reveal_forget, budget=cfg.reveal_budget,
-                          seed=cfg.train.seed + 1000 * k, task=spec,
-                          plain_prompt=not getattr(tok, "chat_template", None))
+    config(2, True)
+    _load_spacy()
+
+    def reveal(model: Any, k: int) -> list[dict]:
+        tok = tok_box["tok"]
         try:
-            rows = generate_records(model, tok, rc, emit)
+            rows = generate_records(model, tok, config(k, not getattr(tok, "chat_template", None)), emit)
         except DataError as exc:
             emit({"kind": "note", "message": f"reveal: {exc}"})
             return []

@@ -118,7 +118,7 @@ def _cfg(model: Path, splits: Path, out: Path, **kw) -> UnlearnConfig:
 
 
 def _stub(records: list[dict], calls: list | None = None):
-    def reveal(model) -> list[dict]:
+    def reveal(model, k: int) -> list[dict]:
         if calls is not None:
             calls.append(model)
         return [{"text": r["text"], "label": r["label"], "relevance": 0.8} for r in records]
@@ -206,7 +206,7 @@ def test_stop_rule_ends_the_run_once_the_model_stops_knowing(tiny_model_dir: Pat
                         lambda self, rows: rows[0]["known"] if "known" in rows[0] else real(self, rows))
     calls: list = []
 
-    def reveal(model):
+    def reveal(model, k):
         calls.append(1)
         return next(script)
 
@@ -218,7 +218,7 @@ def test_stop_rule_ends_the_run_once_the_model_stops_knowing(tiny_model_dir: Pat
     assert rel["rounds"][2]["known_before"] == 2.0 and "round 3" in rel["stop"]
     # a model that reveals nothing any more stops the run too
     meta = unlearn(_cfg(tiny_model_dir, demo_splits, tmp_path / "rel2", release_rounds=3, release_rank=2),
-                   reveal=lambda model: [])
+                   reveal=lambda model, k: [])
     assert meta["release"]["modules"] == 1 and "nothing revealed" in meta["release"]["stop"]
 
 

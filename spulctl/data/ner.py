@@ -88,19 +88,20 @@ def format_answer(entities: dict[str, list[str]], types: tuple[str, ...] = ENTIT
     return "; ".join(parts)
 
 
-def parse_answer(text: str, types: tuple[str, ...] = ENTITY_TYPES) -> dict[str, set[str]]:
-    """Read a (generated) answer back into per-type sets of normalised names (:func:`norm_entity`).
+def answer_entities(text: str, types: tuple[str, ...] = ENTITY_TYPES) -> dict[str, list[str]]:
+    """Read a (generated) answer back into per-type lists of names as written (:func:`clean_entity`, case kept,
+    first mention first, no repeats by :func:`norm_entity`).
 
     Robust to junk: only the first line counts; each type takes the text after its first ``TYPE:`` up to the next
     type's label (or the end); a missing type, ``none`` and empty items give nothing; unknown labels are ignored.
 
     Returns:
-        ``{type: set of lower-cased names}`` for every type in ``types``.
+        ``{type: [names]}`` for every type in ``types``.
     """
     line = (text or "").strip().split("\n", 1)[0]
     label = re.compile(r"\b(" + "|".join(map(re.escape, types)) + r")\s*:", re.IGNORECASE)
     marks = list(label.finditer(line))
-    out: dict[str, set[str]] = {t: set() for t in types}
+    out: dict[str, list[str]] = {t: [] for t in types}
     seen: set[str] = set()
     for i, m in enumerate(marks):
         kind = next(t for t in types if t.lower() == m.group(1).lower())
@@ -108,9 +109,22 @@ def parse_answer(text: str, types: tuple[str, ...] = ENTITY_TYPES) -> dict[str, 
             continue
         seen.add(kind)
         end = marks[i + 1].start() if i + 1 < len(marks) else len(line)
-        items = (norm_entity(x) for x in re.split(r"[,;]", line[m.end():end]))
-        out[kind] = {x for x in items if x and x != NONE}
+        keys: set[str] = set()
+        for item in (clean_entity(x) for x in re.split(r"[,;]", line[m.end():end])):
+            key = item.lower()
+            if item and key != NONE and key not in keys:
+                keys.add(key)
+                out[kind].append(item)
     return out
+
+
+def parse_answer(text: str, types: tuple[str, ...] = ENTITY_TYPES) -> dict[str, set[str]]:
+    """:func:`answer_entities` as per-type sets of normalised names (:func:`norm_entity`), what scoring compares.
+
+    Returns:
+        ``{type: set of lower-cased names}`` for every type in ``types``.
+    """
+    return {t: {norm_entity(n) for n in names} for t, names in answer_entities(text, types).items()}
 
 
 def gold_sets(record: dict, types: tuple[str, ...] = ENTITY_TYPES) -> dict[str, set[str]]:

@@ -31,28 +31,34 @@ KEPT = tuple(t for t in ENTITY_TYPES if t != FORGOTTEN)
 KNOWN_SAMPLE = 300  # a known share is measured on at most this many records (seeded sample): each costs a generation
 
 
+def surface(record: dict, spec: NerTaskSpec) -> dict[str, list[str]]:
+    """The record's names per type as written (case kept): its ``entities``, else read from its ``answer``."""
+    from spulctl.data.ner import answer_entities
+
+    if isinstance(record.get("entities"), dict):
+        return {t: [n for n in (clean_entity(x) for x in record["entities"].get(t) or []) if n and n.lower() != NONE]
+                for t in spec.entity_types}
+    return answer_entities(record.get("answer") or "", spec.entity_types)
+
+
 def forget_answer(record: dict, spec: NerTaskSpec) -> str:
     """The record's answer with the PERSON part emptied (``ce``'s target)."""
-    sets = gold_sets(record, spec.entity_types)
-    names = record.get("entities") if isinstance(record.get("entities"), dict) else {t: sorted(v)
-                                                                                      for t, v in sets.items()}
-    return format_answer({**names, FORGOTTEN: []}, spec.entity_types)
+    return format_answer({**surface(record, spec), FORGOTTEN: []}, spec.entity_types)
 
 
-def person_segment(record: dict) -> str:
-    """``PERSON: a, b``: the part of the answer that names people (``ga``/``npo`` targets)."""
-    ents = record.get("entities") if isinstance(record.get("entities"), dict) else None
-    names = [clean_entity(n) for n in (ents or {}).get(FORGOTTEN, [])] if ents else sorted(
-        gold_sets(record)[FORGOTTEN])
-    return f"{FORGOTTEN}: {', '.join(n for n in names if n) or NONE}"
+def person_segment(record: dict, spec: NerTaskSpec) -> str:
+    """The names of the PERSON part, ``a, b`` (``ga``/``npo`` targets)."""
+    return ", ".join(surface(record, spec)[FORGOTTEN]) or NONE
 
 
 def encode_forget(records: list[dict], spec: NerTaskSpec, tok: Any, objective: str,
                   max_length: int | None) -> list[Encoded]:
     """Encoded forget rows for ``objective`` (module docstring).
 
-    ``ga``/``npo``: ``input_ids`` = prompt + ``" PERSON:"`` + names, ``answer_pos`` moved past the label so
-    ``target_ids`` are the names' tokens only (no EOS: what follows the names is not the forget target).
+    ``ga``/``npo``: ``input_ids`` = prompt + the tokens of ``" PERSON:"`` + those of ``" a, b"``, with
+    ``answer_pos`` on the last label token, so ``target_ids`` are the names' tokens only (no EOS: what follows the
+    names is not the forget target). The prompt is cut, as :func:`~spulctl.data.ner.encode_ner` cuts it, to leave
+    room for the whole answer.
     """
     from spulctl.data.ner import encode_ner
     from spulctl.data.task import Encoded
@@ -60,21 +66,16 @@ def encode_forget(records: list[dict], spec: NerTaskSpec, tok: Any, objective: s
     if objective == "ce":
         return encode_ner([{"text": r["text"], "answer": forget_answer(r, spec)} for r in records], spec, tok,
                           max_length)
-    full = encode_ner([{"text": r["text"], "answer": person_segment(r)} for r in records], spec, tok, max_length)
+    full = encode_ner([{"text": r["text"], "answer": f"{FORGOTTEN}: {person_segment(r, spec)}"} for r in records],
+                      spec, tok, max_length)
     label = tok(spec.answer_prefix + FORGOTTEN + ":", add_special_tokens=False)["input_ids"]
-    m = len(label)
-    eos = 1 if tok.eos_token_id is not None else 0
-    out = []
-    for e in full:
-        tgt = e.target_ids[:len(e.target_ids) - eos]
-        shift = m if tgt[:m] == label and len(tgt) > m else 0
-        prompt = e.input_ids[:e.answer_pos + 1]
-        out.append(Encoded(prompt + tgt, e.answer_pos + shift, tgt[shift:], 0, e.truncated))
-    return out
+    names = tok([" " + person_segment(r, spec) for r in records], add_special_tokens=False)["input_ids"]
+    return [Encoded(e.input_ids[:e.answer_pos + 1] + label + list(ids), e.answer_pos + len(label), list(ids), 0,
+                    e.truncated) for e, ids in zip(full, names, strict=True)]
 
 
-def _persons(answer_sets: dict[str, set[str]]) -> set[str]:
-    return answer_sets.get(FORGOTTEN, set())
+def _persons(sets: dict[str, set[str]]) -> set[str]:
+    return sets.get(FORGOTTEN, set())
 
 
 class NerRelease(Release):
@@ -99,11 +100,10 @@ class NerRelease(Release):
         self.n_forget = len(rows)
         return rows + self.retain_examples
 
-    def answers(self, records: list[dict], base: bool = False) -> list[dict[str, set[str]]]:
-        """Parsed greedy answers of the current model (``base``: every module switched off)."""
+    def answers(self, records: list[dict], base: bool = False) -> list[str]:
+        """Greedy answers of the current model (``base``: every module switched off), as generated."""
         from contextlib import nullcontext
 
-        from spulctl.data.ner import parse_answer
         from spulctl.evaluate.ner_metrics import generate_answers
 
         if not records:
@@ -112,14 +112,17 @@ class NerRelease(Release):
         with off:
             texts, _ = generate_answers(self.model, self.ctx.tokenizer, self.spec, [r["text"] for r in records],
                                         self.ctx.settings.eval_batch_size, self.ctx.extra.get("max_length"))
-        return [parse_answer(a, self.spec.entity_types) for a in texts]
+        return texts
 
     def relabel(self, records: list[dict]) -> list[dict]:
-        """Records labelled with the base model's answer; those naming no person in it are dropped."""
+        """Records labelled with the base model's answer (names as it wrote them); those in whose answer it names
+        no person are dropped."""
+        from spulctl.data.ner import answer_entities
+
         out = []
-        for r, sets in zip(records, self.answers(records, base=True), strict=True):
-            if _persons(sets):
-                ents = {t: sorted(sets[t]) for t in self.spec.entity_types}
+        for r, answer in zip(records, self.answers(records, base=True), strict=True):
+            ents = answer_entities(answer, self.spec.entity_types)
+            if ents[FORGOTTEN]:
                 out.append({**{k: v for k, v in r.items() if k != "label"}, "entities": ents,
                             "answer": format_answer(ents, self.spec.entity_types)})
         return out
@@ -129,24 +132,28 @@ class NerRelease(Release):
         names one of their people."""
         import random
 
+        from spulctl.data.ner import parse_answer
+
         if not records:
             return 0.0
         if len(records) > KNOWN_SAMPLE:
             records = random.Random(self.ctx.settings.train.seed).sample(records, KNOWN_SAMPLE)
-        now = self.answers(records)
+        now = [parse_answer(a, self.spec.entity_types) for a in self.answers(records)]
         known = [bool(_persons(a) & _persons(gold_sets(r, self.spec.entity_types))) for r, a in
                  zip(records, now, strict=True)]
         return round(100.0 * sum(known) / len(known), 2)
 
-    def heldout_metrics(self) -> dict[str, float]:
-        """PERSON F1 on the held-out forget slice, ORG+GPE F1 on the held-out retain slice (percent)."""
+    def heldout_metrics(self) -> dict[str, float | None]:
+        """PERSON F1 on the held-out forget slice, ORG+GPE F1 on the held-out retain slice (percent; None when
+        undefined: nothing to find and nothing named)."""
+        from spulctl.data.ner import parse_answer
         from spulctl.evaluate.ner_metrics import prf
 
         out = {}
         for key, name, types in (("held_forget", "forget_acc", (FORGOTTEN,)), ("held_retain", "retain_acc", KEPT)):
             rows = self.ctx.extra.get(key) or []
             if rows:
-                scores = prf([gold_sets(r, self.spec.entity_types) for r in rows], self.answers(rows), types)
-                f1 = scores["all"]["f1"]
-                out[name] = round(f1, 2) if f1 is not None else 0.0
+                pred = [parse_answer(a, self.spec.entity_types) for a in self.answers(rows)]
+                f1 = prf([gold_sets(r, self.spec.entity_types) for r in rows], pred, types)["all"]["f1"]
+                out[name] = None if f1 is None else round(f1, 2)
         return out

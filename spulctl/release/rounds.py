@@ -1,10 +1,11 @@
 """The Release loop: reveal from the current model, check, train a new module, freeze, stack — round after round.
 
 Round 1 trains on the forget records ``unlearn`` prepared (the given file, or what the base model revealed). Each
-later round asks the *current* model (base + the modules so far) to reveal again (the reveal call is injected by
-the pipeline as ``ctx.extra["reveal"]``: ``model -> records``), labels what it wrote with the base model's answer
-(the knowledge to remove), and measures the share of those records the current model still answers with that label.
-Under ``stop_at`` percent the run ends: the model no longer shows what it knew. Otherwise a new module is trained on
+later round k asks the *current* model (base + the modules so far) to reveal again (the reveal call is injected by
+the pipeline as ``ctx.extra["reveal"]``: ``(model, k) -> records``), labels what it wrote with the base model's
+answer (the knowledge to remove; a relabel may drop texts that hold none), and measures the share of those records
+the current model still answers with that label. Under ``stop_at`` percent the run ends: the model no longer shows
+what it knew. Otherwise a new module is trained on
 them through :func:`spulctl.train.fit` (same retain rows, same kind of batches and step budget as round 1) and
 stacked. Every round adds a row to the table stored in the manifest: revealed records and their mean relevance,
 the share still known before the round, forget / retain accuracy on the held-out slices after it, the penalty.
@@ -46,14 +47,18 @@ def run_rounds(method: Release, objective: Any, train_cfg: Any, ckpt: Path, resu
     method.stop_reason = f"round limit ({s.release_rounds})"
     for k in range(done + 1, s.release_rounds + 1):
         t0 = time.perf_counter()
-        records = ctx.forget if k == 1 else method.relabel(_reveal(ctx, method, k, emit))
-        row = {"round": k, "records": len(records), "relevance": _mean(r.get("relevance") for r in records),
+        revealed = ctx.forget if k == 1 else _reveal(ctx, method, k, emit)
+        records = revealed if k == 1 else method.relabel(revealed)
+        row = {"round": k, "revealed": len(revealed), "records": len(records),
+               "relevance": _mean(r.get("relevance") for r in records),
                "known_before": method.known_share(records) if records else 0.0,
                "data_sha256": sha256_text(json.dumps([[r["text"], r.get("label", r.get("answer"))] for r in records]))}
         emit({"kind": "note", "message": f"release round {k}/{s.release_rounds}: {len(records)} forget records, "
                                          f"{row['known_before']:.1f} % still answered with their label"})
         if k > 1 and (not records or row["known_before"] < s.stop_at):
-            method.stop_reason = (f"round {k}: nothing revealed" if not records else
+            method.stop_reason = (f"round {k}: nothing revealed" if not revealed else
+                                  f"round {k}: none of the {len(revealed)} revealed texts holds anything the base "
+                                  "model answers to forget" if not records else
                                   f"round {k}: {row['known_before']:.1f} % of the revealed records still answered "
                                   f"with their label, under --stop-at {s.stop_at:g}")
             method.rounds.append({**row, "trained": False})
@@ -82,7 +87,7 @@ def _reveal(ctx: Any, method: Release, k: int, emit: Any) -> list[dict]:
         emit({"kind": "note", "message": f"release round {k}: nothing to reveal by (no --forget-entities or "
                                          "--forget-target); stopping"})
         return []
-    return list(reveal(method.model))
+    return list(reveal(method.model, k))
 
 
 def _budget(method: Release, train_cfg: Any, n_records: int, n_rows: int, k: int,  # n_rows: forget rows
@@ -115,8 +120,9 @@ def _add(a: TrainResult, b: TrainResult) -> TrainResult:
 
 
 def _row_text(row: dict) -> str:
-    return (f"release round {row['round']} done: forget {row.get('forget_acc', 0):.1f} %, retain "
-            f"{row.get('retain_acc', 0):.1f} % on held-out slices, penalty {row['penalty']:.4g}, "
+    pct = lambda v: "–" if v is None else f"{v:.1f} %"  # noqa: E731
+    return (f"release round {row['round']} done: forget {pct(row.get('forget_acc'))}, retain "
+            f"{pct(row.get('retain_acc'))} on held-out slices, penalty {row['penalty']:.4g}, "
             f"{row['steps']} steps, {row['seconds']} s")
 
 
