@@ -81,7 +81,11 @@ def familiarize(
     if os.environ.get("RANK", "0") != "0":  # data-parallel (accelerate launch): rank 0 reports
         return
     what = " (never saw train_forget)" if never_seen else ""
-    print_metrics(manifest["metrics"], f"familiarized model{what} saved to {out}")
+    if manifest.get("task", {}).get("kind") == "ner":
+        print_ner_before_after({"after": manifest["metrics"]}, manifest["task"]["entity_types"],
+                               f"familiarized model{what} saved to {out}")
+    else:
+        print_metrics(manifest["metrics"], f"familiarized model{what} saved to {out}")
 
 
 @handle_errors
@@ -253,13 +257,15 @@ def print_before_after(metrics: dict[str, dict], title: str) -> None:
 
 
 def print_ner_before_after(metrics: dict[str, dict], types: list[str], title: str) -> None:
-    """NER splits: per test split, each entity type's F1 before and after the adapter."""
+    """NER splits: per test split, each entity type's F1 (before → after the adapter, when there is a before)."""
     before, after = metrics.get("before", {}), metrics.get("after", {})
-    table = Table("split", "n", *[f"{t} F1 before → after %" for t in types], title=title)
+    arrow = " before → after" if before else ""
+    table = Table("split", "n", *[f"{t} F1{arrow} %" for t in types], "exact match %", title=title)
     fmt = lambda m, t: "–" if m.get(t, {}).get("f1") is None else f"{m[t]['f1']:.1f}"  # noqa: E731
     for split, m in after.items():
         b = before.get(split, {})
-        table.add_row(split, str(m["n"]), *[f"{fmt(b, t)} → {fmt(m, t)}" for t in types])
+        table.add_row(split, str(m["n"]), *[f"{fmt(b, t)} → {fmt(m, t)}" if before else fmt(m, t) for t in types],
+                      f"{m.get('exact_match', 0):.1f}")
     console.print(table)
 
 
