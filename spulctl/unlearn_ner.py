@@ -37,13 +37,14 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
     import torch
 
     from spulctl.data.ner import NerTaskSpec, encode_ner, load_ner_split
-    from spulctl.data.sampling import MixedBatches, hold_out, step_budget
+    from spulctl.data.sampling import hold_out
     from spulctl.distributed import world
     from spulctl.evaluate.ner_metrics import evaluate_ner_splits
     from spulctl.io import check_output_dir, sha256_file, sha256_text, staged_dir
     from spulctl.methods.base import UnlearnContext
     from spulctl.models import fingerprint, load_model
     from spulctl.release.ner import NerRelease
+    from spulctl.release.rounds import mixed_budget
     from spulctl.unlearn import _settings
 
     if cfg.method != "release":
@@ -56,8 +57,8 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
         raise SpulError("NER splits: Release runs in one process on an unquantized base (no --load-in-4bit/8bit, "
                         "no accelerate launch)")
     emit = on_event or (lambda _e: None)
-    tok_box: dict = {}  # the reveal hook's tokenizer, once loaded
-    hook = reveal or (_reveal_hook(tok_box, cfg, emit) if cfg.release_rounds > 1 else None)
+    if reveal is None and cfg.release_rounds > 1:
+        _check_reveal(cfg)
     note = lambda m: emit({"kind": "note", "message": m})  # noqa: E731
     ckpt = cfg.out.parent / f".{cfg.out.name}.ckpt"
     if not (resume and ckpt.is_dir()):
@@ -71,7 +72,6 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
         retain = random.Random(cfg.train.seed).sample(retain, cfg.retain_limit)
     hashes = {s: sha256_file(p) for s, p in _files(cfg.splits).items()}
     model, tok = load_model(cfg.model, progress=note, dtype=cfg.dtype)
-    tok_box["tok"] = tok
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
@@ -81,10 +81,10 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
     max_length = resolve_max_length(model.config, 0, cfg.max_length)
     forget, held_f = hold_out(forget, cfg.holdout, cfg.train.seed)
     retain, held_r = hold_out(retain, cfg.holdout, cfg.train.seed)
-    report = lambda tag: evaluate_ner_splits(model_now(), tok, spec, cfg.splits, cfg.eval_limit,  # noqa: E731
-                                             cfg.eval_batch_size, emit, tag=tag, max_length=max_length)
-    model_now = lambda: model  # noqa: E731
-    before = report("before") if cfg.report_before and cfg.eval_limit != 0 else {}
+    report = lambda scored, tag: evaluate_ner_splits(scored, tok, spec, cfg.splits, cfg.eval_limit,  # noqa: E731
+                                                     cfg.eval_batch_size, emit, tag=tag, max_length=max_length)
+    before = report(model, "before") if cfg.report_before and cfg.eval_limit != 0 else {}
+    hook = reveal or (_reveal_hook(tok, cfg, emit) if cfg.release_rounds > 1 else None)
     extra = {"entities": list(cfg.forget_entities), "held_forget": held_f, "held_retain": held_r,
              "max_length": max_length, "reveal": hook}
     ctx = UnlearnContext(model, tok, spec, None, forget, retain, cfg, ckpt, emit, base_fp, extra=extra)
@@ -95,18 +95,13 @@ def unlearn_ner(cfg: Any, resume: bool = False, overwrite: bool = False, on_even
                                       cfg.train.seed, cfg.release_objective], sort_keys=True))
     objective = method.objective(examples, n_f, ref_key)
     run_key = {"model": base_fp, "data": hashes, "method": "release-ner", "settings": _settings(cfg)}
-    share = cfg.forget_share
-    probe = MixedBatches(n_f, len(retain), cfg.train.batch_size, share, 1, cfg.train.seed)
-    cap = cfg.budget_steps if cfg.train.max_steps is None else cfg.train.max_steps
-    budget = step_budget(n_f, probe.forget_per_batch, cfg.forget_passes, min(cfg.min_steps, cap), cap, cfg.rounds)
-    batches = MixedBatches(n_f, len(retain), cfg.train.batch_size, share, budget.steps_per_round, cfg.train.seed)
+    budget, batches = mixed_budget(cfg, n_f, n_f, len(retain), cfg.train.seed)
     note(f"release (NER, forget {method.spec.entity_types[0]}): {n_f} forget + {len(retain)} retain records "
          f"(held out {len(held_f)} + {len(held_r)}); round 1: {budget.reason}")
     with torch.enable_grad():
         result = method.fit_rounds(objective, replace(cfg.train, epochs=budget.rounds, max_steps=budget.steps),
                                    ckpt, resume, emit, run_key, None, 0, False, plan=batches.round)
-    model_now = lambda: method.model  # noqa: E731
-    after = report("after") if cfg.eval_limit != 0 else {}
+    after = report(method.model, "after") if cfg.eval_limit != 0 else {}
     meta = {"method": "release", "settings": _settings(cfg), "task": spec.to_dict(),
             "base_model": {"spec": cfg.model, "fingerprint": base_fp, "quantization": "none"},
             "data": {"sha256": hashes, "forget_records": n_f, "retain_records": len(retain),
@@ -128,31 +123,39 @@ def _files(splits: Any) -> dict[str, Any]:
     return {name.split("_")[1]: find_split_file(splits, name) for name in ("train_forget", "train_retain")}
 
 
-def _reveal_hook(tok_box: dict, cfg: Any, emit: Event) -> Callable[[Any, int], list[dict]]:
-    """``(model, k) -> records``: texts naming people that the current model writes in round k (the base model
-    labels them later, :meth:`~spulctl.release.ner.NerRelease.relabel`). Checked before the model loads: the reveal
-    settings, and spaCy (what judges a text). ``tok_box["tok"]`` is the tokenizer, set once it is loaded.
+def _reveal_config(cfg: Any, k: int, plain: bool) -> Any:
+    """Round k's :class:`~spulctl.reveal.RevealConfig`: texts naming people (or ``--forget-entities``), NER task."""
+    from spulctl.data.ner import NerTaskSpec
+    from spulctl.reveal import RevealConfig
+
+    return RevealConfig(entities=list(cfg.forget_entities), target=cfg.forget_target or PEOPLE_TARGET,
+                        mode="forget", n=cfg.reveal_forget, budget=cfg.reveal_budget,
+                        seed=cfg.train.seed + 1000 * k, task=NerTaskSpec(), plain_prompt=plain)
+
+
+def _check_reveal(cfg: Any) -> None:
+    """Before the model loads: the reveal settings, and spaCy (what judges a revealed text).
 
     Raises:
         DataError: bad reveal settings. MissingDependencyError: no English spaCy model.
     """
-    from spulctl.data.ner import NerTaskSpec
     from spulctl.data.split import _load_spacy
-    from spulctl.errors import DataError
-    from spulctl.reveal import RevealConfig, generate_records
 
-    def config(k: int, plain: bool) -> RevealConfig:
-        return RevealConfig(entities=list(cfg.forget_entities), target=cfg.forget_target or PEOPLE_TARGET,
-                            mode="forget", n=cfg.reveal_forget, budget=cfg.reveal_budget,
-                            seed=cfg.train.seed + 1000 * k, task=NerTaskSpec(), plain_prompt=plain)
-
-    config(2, True)
+    _reveal_config(cfg, 2, True)
     _load_spacy()
 
+
+def _reveal_hook(tok: Any, cfg: Any, emit: Event) -> Callable[[Any, int], list[dict]]:
+    """``(model, k) -> records``: texts naming people that the current model writes in round k (the base model
+    labels them later, :meth:`~spulctl.release.ner.NerRelease.relabel`)."""
+    from spulctl.errors import DataError
+    from spulctl.reveal import generate_records
+
+    plain = not getattr(tok, "chat_template", None)
+
     def reveal(model: Any, k: int) -> list[dict]:
-        tok = tok_box["tok"]
         try:
-            rows = generate_records(model, tok, config(k, not getattr(tok, "chat_template", None)), emit)
+            rows = generate_records(model, tok, _reveal_config(cfg, k, plain), emit)
         except DataError as exc:
             emit({"kind": "note", "message": f"reveal: {exc}"})
             return []

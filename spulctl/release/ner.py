@@ -66,10 +66,11 @@ def encode_forget(records: list[dict], spec: NerTaskSpec, tok: Any, objective: s
     if objective == "ce":
         return encode_ner([{"text": r["text"], "answer": forget_answer(r, spec)} for r in records], spec, tok,
                           max_length)
-    full = encode_ner([{"text": r["text"], "answer": f"{FORGOTTEN}: {person_segment(r, spec)}"} for r in records],
-                      spec, tok, max_length)
+    segments = [person_segment(r, spec) for r in records]
+    full = encode_ner([{"text": r["text"], "answer": f"{FORGOTTEN}: {seg}"} for r, seg in
+                       zip(records, segments, strict=True)], spec, tok, max_length)
     label = tok(spec.answer_prefix + FORGOTTEN + ":", add_special_tokens=False)["input_ids"]
-    names = tok([" " + person_segment(r, spec) for r in records], add_special_tokens=False)["input_ids"]
+    names = tok([" " + seg for seg in segments], add_special_tokens=False)["input_ids"]
     return [Encoded(e.input_ids[:e.answer_pos + 1] + label + list(ids), e.answer_pos + len(label), list(ids), 0,
                     e.truncated) for e, ids in zip(full, names, strict=True)]
 

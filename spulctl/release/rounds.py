@@ -96,16 +96,21 @@ def _budget(method: Release, train_cfg: Any, n_records: int, n_rows: int, k: int
     data's own mix over ``train_cfg.epochs``."""
     if not mixed:
         return train_cfg, None
+    budget, batches = mixed_budget(method.ctx.settings, n_records, n_rows, len(method.retain_examples),
+                                   method.ctx.settings.train.seed + k)
+    return replace(train_cfg, epochs=budget.rounds, max_steps=budget.steps), batches.round
+
+
+def mixed_budget(s: Any, n_records: int, n_rows: int, n_retain: int, seed: int) -> tuple[Any, Any]:
+    """A round's step budget (passes over its ``n_records`` forget records, within ``--min-steps`` /
+    ``--budget-steps`` or ``--max-steps``) and its forget-share batches over ``n_rows`` forget + ``n_retain``
+    retain rows, seeded with ``seed``. Returns ``(StepBudget, MixedBatches)``."""
     from spulctl.data.sampling import MixedBatches, step_budget
 
-    s = method.ctx.settings
-    n_retain = len(method.retain_examples)
-    probe = MixedBatches(n_rows, n_retain, s.train.batch_size, s.forget_share, 1, s.train.seed)
+    per_batch = MixedBatches(n_rows, n_retain, s.train.batch_size, s.forget_share, 1, seed).forget_per_batch
     cap = s.budget_steps if s.train.max_steps is None else s.train.max_steps
-    budget = step_budget(n_records, probe.forget_per_batch, s.forget_passes, min(s.min_steps, cap), cap, s.rounds)
-    batches = MixedBatches(n_rows, n_retain, s.train.batch_size, s.forget_share, budget.steps_per_round,
-                           s.train.seed + k)
-    return replace(train_cfg, epochs=budget.rounds, max_steps=budget.steps), batches.round
+    budget = step_budget(n_records, per_batch, s.forget_passes, min(s.min_steps, cap), cap, s.rounds)
+    return budget, MixedBatches(n_rows, n_retain, s.train.batch_size, s.forget_share, budget.steps_per_round, seed)
 
 
 def _mean(values: Any) -> float | None:
