@@ -195,6 +195,39 @@ def test_eval_takes_the_adapter_as_a_subject(tiny_model_dir: Path, demo_splits: 
     assert merged["accuracy"] == pytest.approx(report["results"]["release"]["test_retain"]["accuracy"], abs=1e-6)
 
 
+def test_export_and_predict_take_the_adapter(tiny_model_dir: Path, demo_splits: Path, tmp_path: Path):
+    """`export --model ADAPTER --no-bundle` ships base + stack merged; ONNX Runtime gives PEFT's answers."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spulctl.data.task import TaskSpec, label_vocab
+    from spulctl.export.runtime import OnnxPredictor
+
+    out = tmp_path / "rel"
+    unlearn(_cfg(tiny_model_dir, demo_splits, out, release_rounds=1, eval_limit=0))
+    res = runner.invoke(app, ["export", "--model", str(out), "--no-bundle", "-o", str(tmp_path / "onnx")])
+    assert res.exit_code == 0, res.output
+    texts = [r["text"] for r in _forget(demo_splits)[:4]] + ["A dull film.", "A fine film."]
+    got = OnnxPredictor(tmp_path / "onnx", provider="cpu").predict(texts)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out)).eval()
+    vocab = label_vocab(TaskSpec(), tok)
+    want = torch.log_softmax(_answer_logits(peft_model, tok, texts).float(), -1)[:, vocab.first_label_ids]
+    have = torch.tensor([[g["scores"][w] for w in TaskSpec().label_words] for g in got])
+    assert (have - want).abs().max() <= 1e-3  # merged in fp32 and run on ONNX Runtime: PEFT's scores
+    # the adapter is not a no-op: the base model's own export scores differently
+    res = runner.invoke(app, ["export", "--model", str(tiny_model_dir), "--no-bundle", "-o", str(tmp_path / "base")])
+    assert res.exit_code == 0, res.output
+    base = torch.tensor([[g["scores"][w] for w in TaskSpec().label_words]
+                         for g in OnnxPredictor(tmp_path / "base", provider="cpu").predict(texts)])
+    assert (base - have).abs().max() > 1e-4
+    # a bundle on top of an adapter is refused in one line, and nothing is written
+    res = runner.invoke(app, ["export", "--model", str(out), "--bundle", str(out), "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "exported on its own" in res.output and not (tmp_path / "x").exists()
+
+
 def test_stop_rule_ends_the_run_once_the_model_stops_knowing(tiny_model_dir: Path, demo_splits: Path,
                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from spulctl.methods.release import Release

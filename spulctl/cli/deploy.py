@@ -37,7 +37,11 @@ def export(
     max_length: MaxLengthOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Export the bundle: an ONNX scorer (KV prefix + model.onnx + tokenizer + manifest) or a PEFT adapter."""
+    """Export the bundle: an ONNX scorer (KV prefix + model.onnx + tokenizer + manifest) or a PEFT adapter.
+
+    A ``--method release`` adapter is exported with ``--model ADAPTER --no-bundle``: its base model with the stack
+    merged in, as an ONNX scorer that ``predict`` serves.
+    """
     from spulctl.pipeline import run_export, run_export_peft
     from spulctl.progress import RichEvents
 

@@ -52,11 +52,17 @@ def export_scorer(model: str, out: Path, *, bundle: Path | None = None, no_bundl
     if dtype not in DTYPES:
         raise SpulError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
     check_output_dir(out, overwrite)
+    adapter = _adapter_task(model, bundle is not None)
     b = load_bundle(bundle) if bundle is not None else None
     emit({"kind": "note", "message": f"loading {model}"})
-    m, tok = load_model(model, device="cpu", dtype="float32")
+    if adapter is not None:  # a `--method release` adapter: its base model with the stack merged in
+        from spulctl.release.lora import load_adapter_model
+
+        m, tok = load_adapter_model(Path(model), "float32", ignore_fingerprint, merge=True)
+    else:
+        m, tok = load_model(model, device="cpu", dtype="float32")
     base_fp = fingerprint(m)
-    task, prefix, bundle_meta = TaskSpec(), None, None
+    task, prefix, bundle_meta = adapter or TaskSpec(), None, None
     if b is not None:
         check_fingerprint(b, m, ignore_fingerprint)
         task, bundle_meta = b.task(), {"path": str(bundle), "prompt_sha256": b.meta["prompt"]["sha256"],
@@ -111,6 +117,31 @@ def export_scorer(model: str, out: Path, *, bundle: Path | None = None, no_bundl
         manifest["check"], manifest["providers_tested"] = _ort_check(stage, texts, ref, dtype)
         write_json_atomic(stage / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _adapter_task(model: str, with_bundle: bool) -> Any:
+    """The sentiment task a ``--method release`` adapter was trained for, or None when ``model`` is not one.
+
+    Raises:
+        SpulError: the adapter is given with a bundle, or it was trained for the generative NER task (the ONNX
+            graph scores label words; NER answers are generated text).
+    """
+    from spulctl.data.task import TaskSpec
+    from spulctl.errors import SpulError
+    from spulctl.release.lora import is_lora_adapter, read_manifest
+
+    if not is_lora_adapter(Path(model)):
+        return None
+    if with_bundle:
+        raise SpulError(f"--model {model}: a Release adapter is exported on its own; pass --no-bundle, not --bundle")
+    t = read_manifest(Path(model)).get("task") or {}
+    if t.get("kind") == "ner":
+        raise SpulError(f"--model {model}: an adapter for the NER task generates its answer; the ONNX scorer "
+                        "exports label-word classifiers only (use --merge's merged/ with transformers)")
+    if "label_words" not in t:
+        return TaskSpec()
+    return TaskSpec(template=t["template"], label_words=tuple(t["label_words"]),
+                    generic_labels=tuple(t["generic_labels"]), label_prefix=t.get("label_prefix", " "))
 
 
 def _ort_check(stage: Path, texts: list[str], ref: list[dict], dtype: str) -> tuple[dict, list]:
