@@ -51,8 +51,7 @@ class Bundle:
         from spulctl.data.task import TaskSpec
 
         t = self.meta["task"]
-        return TaskSpec(template=t["template"], label_words=tuple(t["label_words"]),
-                        generic_labels=tuple(t["generic_labels"]), label_prefix=t.get("label_prefix", " "))
+        return TaskSpec.from_dict(t)
 
 
 def save_bundle(folder: Path, prompt: torch.Tensor, meta: dict[str, Any]) -> None:

@@ -87,8 +87,7 @@ def adapter_task(folder: Path, note: Callable[[str], None]) -> Any:
         return TaskSpec()
     try:
         t = json.loads(path.read_text())["task"]
-        return TaskSpec(template=t["template"], label_words=tuple(t["label_words"]),
-                        generic_labels=tuple(t["generic_labels"]), label_prefix=t.get("label_prefix", " "))
+        return TaskSpec.from_dict(t)
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise BundleError(f"{path}: unreadable task ({type(exc).__name__}: {exc})") from None
 

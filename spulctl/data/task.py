@@ -59,6 +59,12 @@ class TaskSpec:
         return {"template": self.template, "label_words": list(self.label_words),
                 "generic_labels": list(self.generic_labels), "label_prefix": self.label_prefix}
 
+    @classmethod
+    def from_dict(cls, t: dict) -> TaskSpec:
+        """The task :meth:`to_dict` stored (manifests written before ``label_prefix`` existed get the space)."""
+        return cls(template=t["template"], label_words=tuple(t["label_words"]),
+                   generic_labels=tuple(t["generic_labels"]), label_prefix=t.get("label_prefix", " "))
+
 
 @dataclass
 class Encoded:

@@ -140,8 +140,7 @@ def _adapter_task(model: str, with_bundle: bool) -> Any:
                         "exports label-word classifiers only (use --merge's merged/ with transformers)")
     if "label_words" not in t:
         return TaskSpec()
-    return TaskSpec(template=t["template"], label_words=tuple(t["label_words"]),
-                    generic_labels=tuple(t["generic_labels"]), label_prefix=t.get("label_prefix", " "))
+    return TaskSpec.from_dict(t)
 
 
 def _ort_check(stage: Path, texts: list[str], ref: list[dict], dtype: str) -> tuple[dict, list]:

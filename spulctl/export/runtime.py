@@ -88,8 +88,7 @@ class OnnxPredictor:
         self.prefix_values = self._bound_prefix(ort) if self.manifest.get("prefix") == "inputs" else {}
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         t = self.manifest["task"]
-        self.task = TaskSpec(template=t["template"], label_words=tuple(t["label_words"]),
-                             generic_labels=tuple(t["generic_labels"]), label_prefix=t.get("label_prefix", " "))
+        self.task = TaskSpec.from_dict(t)
         self.batch_size = batch_size
         self.label_first = self.manifest["label_first_ids"]
         self.generic_first = dict(zip(self.manifest["generic_first_ids"], self.task.generic_labels, strict=True))
