@@ -13,7 +13,8 @@
 #   release      --method release, names only (no forget record read): rounds reveal from the current model
 #   spul_names   SPUL, names only (forget-data-free)
 #   spul         SPUL on the split (data given)
-#   ga rl ga_kl ga_gd   the fine-tuning baselines on the split
+#   ga rl ga_kl ga_gd   the fine-tuning baselines on the split, with the settings docs/results.md gives them
+#               (plain batches, lr 1e-4, one pass; ga_kl / ga_gd on 3,000 retain records, 90 steps)
 # A subject whose artifact exists is not rerun, so an interrupted comparison picks up where it stopped.
 set -euo pipefail
 FAM=$1; SPLITS=$2; NAMES=$(cat "$3"); WORK=$4; shift 4
@@ -30,7 +31,9 @@ run() {  # name, unlearn flags...
 run release --method release --forget-entities "$NAMES" "$@"
 run spul_names --forget-entities "$NAMES" "$@"
 run spul --splits "$SPLITS" "$@"
-for m in ga rl ga_kl ga_gd; do run "$m" --method "$m" --splits "$SPLITS" "$@"; done
+BASE=(--splits "$SPLITS" --forget-share 0 --lr 1e-4 --epochs 1)
+for m in ga rl; do run "$m" --method "$m" "${BASE[@]}" "$@"; done
+for m in ga_kl ga_gd; do run "$m" --method "$m" "${BASE[@]}" --retain-limit 3000 --max-steps 90 "$@"; done
 t0=$SECONDS
 spulctl eval "$SPLITS" --model "$FAM" --bundle "$WORK/spul" --compare "spul_names=$WORK/spul_names" \
     --compare "release=$WORK/release" --compare "ga=$WORK/ga" --compare "rl=$WORK/rl" --compare "ga_kl=$WORK/ga_kl" \
