@@ -68,6 +68,7 @@ def _reveal(model, tok, task, cfg: Any, mode: str, n: int, entities: list[str], 
     """Records from :func:`spulctl.reveal.generate_records`; ``avoid``: texts whose meaning marks the target when
     there are no names and no description (retain mode keeps away from them)."""
     from spulctl.reveal import RevealConfig, generate_records
+    from spulctl.reveal.engine import NothingRevealedError
 
     plain = not getattr(tok, "chat_template", None)
     if plain:
@@ -75,7 +76,13 @@ def _reveal(model, tok, task, cfg: Any, mode: str, n: int, entities: list[str], 
     examples = list(avoid or []) if not entities and not cfg.forget_target else []
     rc = RevealConfig(entities=list(entities), target=cfg.forget_target, examples=examples, mode=mode, n=n,
                       budget=cfg.reveal_budget, seed=cfg.train.seed, task=task, plain_prompt=plain)
-    rows = generate_records(model, tok, rc, emit)
+    try:
+        rows = generate_records(model, tok, rc, emit)
+    except NothingRevealedError:  # reworded with this command's flags (the engine's name `reveal`'s)
+        raise NothingRevealedError(
+            f"unlearn: the model wrote nothing relevant about {rc.describe_target()!r} in {cfg.reveal_budget} "
+            f"generated texts ({mode} side); nothing written — the model may not know it: give a forget file "
+            "(--forget / --splits), describe it with --forget-target, or raise --reveal-budget") from None
     return [{"text": r["text"], "label": r["label"], "source": f"reveal:{mode}", "instruction": r.get("instruction"),
              "relevance": r.get("relevance")} for r in rows]
 

@@ -309,3 +309,16 @@ def test_an_adapter_for_another_base_model_is_refused(tiny_model_dir: Path, demo
     res = runner.invoke(app, ["eval", str(demo_splits), "--model", str(tiny_model_dir), "--compare",
                               f"release={out}", "--limit", "5"])
     assert res.exit_code == 2 and "another base model" in res.output
+
+
+def test_a_target_the_model_never_reveals_is_a_one_line_error(tiny_model_dir: Path, demo_splits: Path,
+                                                              tmp_path: Path):
+    """Names only, and the (random tiny) model never writes about them: round 1 has no forget data to train on."""
+    out = tmp_path / "rel"
+    res = runner.invoke(app, ["unlearn", "--method", "release", "--model", str(tiny_model_dir), "--retain",
+                              str(demo_splits / "train_retain.jsonl"), "--forget-entities", "Jonah Pellegrino",
+                              "--reveal-forget", "4", "--reveal-budget", "16", "--eval-limit", "0", "-o", str(out)])
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1, res.output
+    assert "'Jonah Pellegrino'" in errors[0] and "--reveal-budget" in errors[0], errors[0]
+    assert not out.exists() and not list(tmp_path.glob(".rel*"))
