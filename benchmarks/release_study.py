@@ -86,6 +86,7 @@ def plot(study: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
     lambdas = sorted({run["lambda"] for run in study["runs"]})
@@ -102,6 +103,7 @@ def plot(study: dict, path: Path) -> None:
     for ax, title in zip(axes, ("held-out forget score ↓", "held-out retain score ↑"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("round (0 = before)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[1].legend()
     fig.tight_layout()
