@@ -56,15 +56,18 @@ def interference(before: dict, rows: list[dict]) -> list[dict]:
     """Per trained round k: ``retain_drop`` = held-out retain score before it (round 0: before unlearning) minus
     the one after it; ``forget_rise`` = held-out forget score after it minus the one before it (None where either is
     undefined)."""
-    out, prev = [], dict(before)
+    out, prev = [], before
     for row in rows:
         if not row.get("trained"):
             continue
-        diff = lambda a, b: None if a is None or b is None else round(a - b, 2)  # noqa: E731
-        out.append({"round": row["round"], "retain_drop": diff(prev.get("retain_acc"), row.get("retain_acc")),
-                    "forget_rise": diff(row.get("forget_acc"), prev.get("forget_acc"))})
+        out.append({"round": row["round"], "retain_drop": _diff(prev.get("retain_acc"), row.get("retain_acc")),
+                    "forget_rise": _diff(row.get("forget_acc"), prev.get("forget_acc"))})
         prev = row
     return out
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 2)
 
 
 def mean_by_round(runs: list[dict]) -> list[dict]:

@@ -78,11 +78,13 @@ def _reveal(model, tok, task, cfg: Any, mode: str, n: int, entities: list[str], 
                       budget=cfg.reveal_budget, seed=cfg.train.seed, task=task, plain_prompt=plain)
     try:
         rows = generate_records(model, tok, rc, emit)
-    except NothingRevealedError:  # reworded with this command's flags (the engine's name `reveal`'s)
-        raise NothingRevealedError(
-            f"unlearn: the model wrote nothing relevant about {rc.describe_target()!r} in {cfg.reveal_budget} "
-            f"generated texts ({mode} side); nothing written — the model may not know it: give a forget file "
-            "(--forget / --splits), describe it with --forget-target, or raise --reveal-budget") from None
+    except NothingRevealedError as exc:  # reworded with this command's flags (the engine's name `reveal`'s)
+        fix = ("the model may not know it: give a forget file (--forget / --splits), describe it with "
+               "--forget-target, or raise --reveal-budget" if mode == "forget" else
+               "give retain data (--retain / --retain-from) or raise --reveal-budget")
+        raise NothingRevealedError(f"unlearn: the model wrote nothing relevant about {exc.target!r} in "
+                                   f"{exc.generated} generated texts ({mode} side); nothing written — {fix}",
+                                   exc.target, exc.generated) from None
     return [{"text": r["text"], "label": r["label"], "source": f"reveal:{mode}", "instruction": r.get("instruction"),
              "relevance": r.get("relevance")} for r in rows]
 

@@ -35,7 +35,17 @@ Emit = Callable[[dict], None]
 
 
 class NothingRevealedError(DataError):
-    """The budget is spent and not one relevant text came out (the run leaves nothing behind)."""
+    """The budget is spent and not one relevant text came out (the run leaves nothing behind).
+
+    Args:
+        message: the one-line error (worded with ``spulctl reveal``'s flags).
+        target: the target in words (:meth:`RevealConfig.describe_target`).
+        generated: texts generated before the budget ran out.
+    """
+
+    def __init__(self, message: str, target: str = "", generated: int = 0) -> None:
+        super().__init__(message)
+        self.target, self.generated = target, generated
 
 
 class RevealRun:
@@ -176,7 +186,7 @@ class RevealRun:
             raise NothingRevealedError(
                 f"reveal: the model produced no relevant text for {self.cfg.describe_target()!r} in {self.generated} "
                 "generated texts (budget spent); nothing written — try --target/--examples, a larger --budget or a "
-                "lower --min-confidence")
+                "lower --min-confidence", target=self.cfg.describe_target(), generated=self.generated)
         if len(self.records) < cfg.n:
             self.emit({"kind": "note", "message": f"budget spent: kept {len(self.records)} of {cfg.n} records"})
         return self.records
