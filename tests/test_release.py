@@ -322,3 +322,28 @@ def test_a_target_the_model_never_reveals_is_a_one_line_error(tiny_model_dir: Pa
     assert res.exit_code == 2 and len(errors) == 1, res.output
     assert "'Jonah Pellegrino'" in errors[0] and "--reveal-budget" in errors[0], errors[0]
     assert not out.exists() and not list(tmp_path.glob(".rel*"))
+
+
+@pytest.mark.parametrize("mode, advice, not_advice", [("forget", "--forget-target", "--retain-from"),
+                                                      ("retain", "--retain-from", "--forget-target")])
+def test_nothing_revealed_is_reworded_for_its_side(monkeypatch: pytest.MonkeyPatch, mode: str, advice: str,
+                                                   not_advice: str):
+    """unlearn's rewording keeps the engine's target and real count, and advises the side that came up empty."""
+    from types import SimpleNamespace
+
+    import spulctl.reveal as reveal
+    from spulctl.reveal.engine import NothingRevealedError
+    from spulctl.unlearn_data import _reveal
+
+    def empty(model, tok, rc, emit):
+        raise NothingRevealedError("reveal: nothing (--target/--budget)", "Jonah Pellegrino", 37)
+
+    monkeypatch.setattr(reveal, "generate_records", empty)
+    cfg = SimpleNamespace(forget_target=None, reveal_budget=64, train=SimpleNamespace(seed=0))
+    tok = SimpleNamespace(chat_template="{{ messages }}")
+    with pytest.raises(NothingRevealedError) as caught:
+        _reveal(None, tok, None, cfg, mode, 4, ["Jonah Pellegrino"], lambda event: None)
+    msg = str(caught.value)
+    assert f"({mode} side)" in msg and "in 37 generated texts" in msg and "'Jonah Pellegrino'" in msg, msg
+    assert advice in msg and not_advice not in msg and "--budget" not in msg.replace("--reveal-budget", ""), msg
+    assert (caught.value.target, caught.value.generated) == ("Jonah Pellegrino", 37)
