@@ -52,15 +52,37 @@ def test_every_command_has_working_help():
 
 
 def test_import_transformers_and_spulctl_in_the_checkout_root():
-    """The root's kernels/ folder, found by transformers' probe for PyPI `kernels`, reads as "not installed"."""
+    """In the checkout root, `import kernels` (transformers imports the PyPI package) gets the PyPI package when it is
+    installed, and our folder, inert, when it is not; spulctl.kernels is ours either way."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
     root = Path(__file__).resolve().parents[1]
-    code = ("import transformers, spulctl, spulctl.kernels\n"
-            "from transformers.utils import is_kernels_available\n"
-            "assert not is_kernels_available()\n"
-            "try:\n    from kernels import get_kernel\nexcept ImportError:\n    print('no hub kernels')\n")
+    try:
+        pypi = Path(distribution("kernels").locate_file("kernels/__init__.py")).resolve()
+    except PackageNotFoundError:
+        pypi = None
+    code = ("import transformers, spulctl.kernels, kernels\n"
+            "from transformers import PreTrainedModel\n"
+            "print(kernels.__file__)\nprint(spulctl.kernels.__file__)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "no hub kernels"
+    top, ours = (Path(line).resolve() for line in done.stdout.split())
+    assert ours == root / "kernels" / "__init__.py"
+    assert top == (pypi or ours)
+
+
+def test_checkout_kernels_folder_is_inert_without_the_pypi_package():
+    """Without site-packages (-S), the top-level name finds only our folder: it defines none of the PyPI API."""
+    root = Path(__file__).resolve().parents[1]
+    code = (f"import sys; sys.path.insert(0, {str(root)!r})\n"
+            "import kernels\n"
+            "try:\n    from kernels import get_kernel\nexcept ImportError as e:\n    print('no hub kernels:', e)\n"
+            "print(hasattr(kernels, '__version__'))\n")
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second = done.stdout.splitlines()
+    assert first.startswith("no hub kernels:") and str(root / "kernels") in first, first
+    assert second == "False"
 
 
 def test_version_flag_matches_the_package():
